@@ -234,6 +234,20 @@ class Discriminator(torch.nn.Module):
         epilogue_kwargs: dict | None = None,  # Arguments for DiscriminatorEpilogue.
     ) -> None:
         super().__init__()
+        self.init_kwargs = dict(
+            c_dim=c_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            architecture=architecture,
+            channel_base=channel_base,
+            channel_max=channel_max,
+            num_fp16_res=num_fp16_res,
+            conv_clamp=conv_clamp,
+            cmap_dim=cmap_dim,
+            block_kwargs=dict(block_kwargs or {}),
+            mapping_kwargs=dict(mapping_kwargs or {}),
+            epilogue_kwargs=dict(epilogue_kwargs or {}),
+        )
         self.c_dim = c_dim
         self.img_resolution = img_resolution
         self.img_channels = img_channels

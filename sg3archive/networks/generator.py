@@ -431,6 +431,15 @@ class Generator(torch.nn.Module):
         **synthesis_kwargs: Any,  # Arguments for SynthesisNetwork (and its layers).
     ) -> None:
         super().__init__()
+        self.init_kwargs = dict(
+            z_dim=z_dim,
+            c_dim=c_dim,
+            w_dim=w_dim,
+            img_resolution=img_resolution,
+            img_channels=img_channels,
+            mapping_kwargs=dict(mapping_kwargs or {}),
+            **synthesis_kwargs,
+        )
         self.z_dim = z_dim
         self.c_dim = c_dim
         self.w_dim = w_dim

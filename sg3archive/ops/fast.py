@@ -41,7 +41,9 @@ def modulated_conv2d(
         weight = weight * weight.square().mean([1, 2, 3], keepdim=True).rsqrt()
         styles = styles * styles.square().mean().rsqrt()
     scale = styles if input_gain is None else styles * input_gain.expand(n, in_channels)
-    y = F.conv2d(x * scale.to(x.dtype).reshape(n, in_channels, 1, 1), weight.to(x.dtype), padding=padding)
+    x = (x * scale.to(x.dtype).reshape(n, in_channels, 1, 1)).contiguous(memory_format=torch.channels_last)
+    weight_cl = weight.to(x.dtype).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(x, weight_cl, padding=padding)
     if demodulate:
         # sum over (i, ky, kx) of (w[o,i,ky,kx] * s[n,i])^2 = s^2 @ (sum over ky,kx of w^2)^T
         dcoefs = (styles.square() @ weight.square().sum(dim=[2, 3]).t() + 1e-8).rsqrt()
@@ -62,6 +64,12 @@ def _per_channel(f: torch.Tensor, channels: int, shape: list[int]) -> torch.Tens
     return f.reshape([1, 1] + shape).expand([channels, 1] + shape).contiguous()
 
 
+def _chunk_channels(channels: int, plane: int) -> int:
+    """Channels per chunk: a multiple of 8 (vector width) whose intermediate stays cache-friendly."""
+    chunk = max(8, (CHUNK_ELEMENTS // max(1, plane)) // 8 * 8)
+    return min(channels, chunk)
+
+
 def filtered_lrelu(
     x: torch.Tensor,
     fu: torch.Tensor | None,
@@ -77,6 +85,7 @@ def filtered_lrelu(
     """Same contract as ``reference.filtered_lrelu``, by polyphase up- and strided down-filtering.
 
     The up filter must be separable (1-D); the down filter may be separable or radial (2-D).
+    Works in channels-last layout (vectorized over channels) and returns channels-last.
     """
     n, c, h, w = x.shape
     px0, px1, py0, py1 = padding
@@ -98,9 +107,10 @@ def filtered_lrelu(
     td = 1 if fd is None else fd.shape[-1]
     w_out = (w_tmp - td) // down + 1
     h_out = (h_tmp - td) // down + 1
-    out = x.new_empty([n, c, h_out, w_out])
+    x = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty([n, c, h_out, w_out], dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
 
-    chunk = max(1, min(c, CHUNK_ELEMENTS // max(1, n * h_tmp * w_tmp)))
+    chunk = _chunk_channels(c, h_tmp * w_tmp)
     fu = (fu * up).to(x.dtype)  # gain up**2 over the two passes
     fu_w, fu_h = _per_channel(fu, chunk, [1, tu]), _per_channel(fu, chunk, [tu, 1])
     if fd is not None:
@@ -110,25 +120,26 @@ def filtered_lrelu(
         else:
             fd_2d = _per_channel(fd, chunk, [td, td])
 
-    for c0 in range(0, c, chunk):
-        cc = min(chunk, c - c0)
-        y = x[:, c0 : c0 + cc]
-        y = F.conv_transpose2d(y, fu_w[:cc], stride=(1, up), groups=cc)
-        y = _window(y, -1, tu - 1 - px0, w_tmp)
-        y = F.conv_transpose2d(y, fu_h[:cc], stride=(up, 1), groups=cc)
-        y = _window(y, -2, tu - 1 - py0, h_tmp)
-        if slope != 1:
-            y = F.leaky_relu_(y, slope)
-        if gain != 1:
-            y = y.mul_(gain)
-        if clamp is not None and clamp >= 0:
-            y = y.clamp_(-clamp, clamp)
-        if fd is None:
-            y = y[:, :, ::down, ::down]
-        elif fd.ndim == 1:
-            y = F.conv2d(y, fd_w[:cc], stride=(1, down), groups=cc)
-            y = F.conv2d(y, fd_h[:cc], stride=(down, 1), groups=cc)
-        else:
-            y = F.conv2d(y, fd_2d[:cc], stride=down, groups=cc)
-        out[:, c0 : c0 + cc] = y
+    for i in range(n):
+        for c0 in range(0, c, chunk):
+            cc = min(chunk, c - c0)
+            y = x[i : i + 1, c0 : c0 + cc]
+            y = F.conv_transpose2d(y, fu_w[:cc], stride=(1, up), groups=cc)
+            y = _window(y, -1, tu - 1 - px0, w_tmp)
+            y = F.conv_transpose2d(y, fu_h[:cc], stride=(up, 1), groups=cc)
+            y = _window(y, -2, tu - 1 - py0, h_tmp)
+            if slope != 1:
+                y = F.leaky_relu_(y, slope)
+            if gain != 1:
+                y = y.mul_(gain)
+            if clamp is not None and clamp >= 0:
+                y = y.clamp_(-clamp, clamp)
+            if fd is None:
+                y = y[:, :, ::down, ::down]
+            elif fd.ndim == 1:
+                y = F.conv2d(y, fd_w[:cc], stride=(1, down), groups=cc)
+                y = F.conv2d(y, fd_h[:cc], stride=(down, 1), groups=cc)
+            else:
+                y = F.conv2d(y, fd_2d[:cc], stride=down, groups=cc)
+            out[i : i + 1, c0 : c0 + cc] = y
     return out
