@@ -1,0 +1,18 @@
+"""Files shipped inside the package: the default network used when a command names none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_NETWORK_DIR = Path(__file__).resolve().parent / "default_network"
+
+# The exact command that re-creates DEFAULT_NETWORK_DIR (random weights from a fixed seed).
+DEFAULT_NETWORK_COMMAND = (
+    "sg3archive init-network sg3archive/assets/default_network --config stylegan3-t --resolution 64 "
+    "--z-dim 128 --w-dim 128 --channel-base 4096 --channel-max 128 --seed 0 --no-discriminator"
+)
+
+
+def default_network_url() -> str:
+    """Path of the bundled default network directory (a generator G_ema with random, seeded weights)."""
+    return str(DEFAULT_NETWORK_DIR)

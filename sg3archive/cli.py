@@ -1,0 +1,176 @@
+"""The ``sg3archive`` command line: the only place that parses arguments."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+import fsspec
+import torch
+from tqdm import tqdm
+
+from sg3archive import __version__
+from sg3archive.assets import default_network_url
+from sg3archive.errors import Sg3ArchiveError
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"{name}: no CUDA device is available here; use --device cpu", param_hint="--device")
+    return device
+
+
+class _Group(click.Group):
+    """Turns our own errors into one clear line and exit status 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        try:
+            return super().invoke(ctx)
+        except Sg3ArchiveError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="sg3archive")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+def main(verbose: bool) -> None:
+    """Archive image collections as entropy-coded StyleGAN3 W+ codes."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@main.command("import-network")
+@click.argument("source")
+@click.argument("dest")
+@click.option("--keys", default="G_ema,D", show_default=True, help="Networks to convert (comma-separated: G_ema, G, D).")
+def import_network(source: str, dest: str, keys: str) -> None:
+    """Convert an official StyleGAN3 pickle SOURCE into an sg3archive network directory DEST.
+
+    The pickle is read as data only (no code in it runs). DEST gets one safetensors file per
+    network and a network.json with their configs and fingerprints.
+    """
+    from sg3archive.checkpoints.loader import load_network
+    from sg3archive.checkpoints.network_file import save_networks
+
+    with fsspec.open(source, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    networks = {}
+    for key in [k.strip() for k in keys.split(",") if k.strip()]:
+        networks[key] = load_network(source, key=key)
+    index = save_networks(networks, dest, source={"file": source, "sha256": digest})
+    for key, entry in index["networks"].items():
+        click.echo(f"{key}: {entry['class']} fingerprint {entry['fingerprint']} -> {dest}/{entry['weights']}")
+
+
+@main.command("init-network")
+@click.argument("dest")
+@click.option("--config", type=click.Choice(["stylegan3-t", "stylegan3-r"]), default="stylegan3-t", show_default=True)
+@click.option("--resolution", type=int, default=256, show_default=True, help="Image resolution.")
+@click.option("--z-dim", type=int, default=512, show_default=True)
+@click.option("--w-dim", type=int, default=512, show_default=True)
+@click.option("--c-dim", type=int, default=0, show_default=True, help="Number of classes (0 = unconditional).")
+@click.option("--channels", "img_channels", type=int, default=3, show_default=True, help="Image channels.")
+@click.option("--channel-base", type=int, default=None, help="Default: the config's published value.")
+@click.option("--channel-max", type=int, default=None, help="Default: the config's published value.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--discriminator/--no-discriminator", default=True, show_default=True, help="Also write a random D.")
+def init_network(dest: str, config: str, resolution: int, z_dim: int, w_dim: int, c_dim: int, img_channels: int,
+                 channel_base: int | None, channel_max: int | None, seed: int, discriminator: bool) -> None:
+    """Write a StyleGAN3 generator and discriminator with random weights from SEED to DEST.
+
+    Random weights make textures, not photos; useful for tests, benchmarks and trials.
+    """
+    from sg3archive.checkpoints.network_file import save_networks
+    from sg3archive.networks.presets import random_discriminator, random_generator
+
+    G = random_generator(config, resolution, z_dim=z_dim, w_dim=w_dim, c_dim=c_dim, img_channels=img_channels,
+                         channel_base=channel_base, channel_max=channel_max, seed=seed)
+    networks = {"G_ema": G}
+    if discriminator:
+        networks["D"] = random_discriminator(resolution, c_dim=c_dim, img_channels=img_channels, seed=seed,
+                                             channel_base=G.init_kwargs["channel_base"], channel_max=G.init_kwargs["channel_max"])
+    index = save_networks(networks, dest, source={"random_init": {"config": config, "seed": seed}})
+    for key, entry in index["networks"].items():
+        click.echo(f"{key}: {entry['class']} fingerprint {entry['fingerprint']} -> {dest}/{entry['weights']}")
+
+
+@main.command("network-info")
+@click.argument("network", required=False)
+@click.option("--key", default="G_ema", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def network_info(network: str | None, key: str, as_json: bool) -> None:
+    """Print a network's configuration, sizes and fingerprint (default: the bundled network)."""
+    from sg3archive.checkpoints.loader import load_network
+
+    net = load_network(network or default_network_url(), key=key)
+    info = {
+        "network": network or default_network_url(),
+        "key": key,
+        "class": type(net).__name__,
+        "fingerprint": net.fingerprint,
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "init_kwargs": net.init_kwargs,
+    }
+    if hasattr(net, "num_ws"):
+        info.update(num_ws=net.num_ws, w_dim=net.w_dim, z_dim=net.z_dim, img_resolution=net.img_resolution)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+    else:
+        for name, value in info.items():
+            click.echo(f"{name}: {value}")
+
+
+@main.command()
+@click.option("--network", default=None, help="Official pickle, network directory or .safetensors (any fsspec URL). Default: the bundled network.")
+@click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7 or 1,5,9.")
+@click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi.")
+@click.option("--trunc-cutoff", type=int, default=None, help="Truncate only the first N W vectors.")
+@click.option("--class", "class_idx", type=int, default=None, help="Class index for conditional networks.")
+@click.option("--translate", default="0,0", show_default=True, help="Translate the image: x,y in image units.")
+@click.option("--rotate", type=float, default=0.0, show_default=True, help="Rotate the image, degrees.")
+@click.option("--out", "outdir", type=click.Path(file_okay=False), default="out/generated", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--grid/--no-grid", default=True, show_default=True, help="Also write grid.png.")
+def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutoff: int | None, class_idx: int | None,
+             translate: str, rotate: float, outdir: str, device: str, batch_size: int, grid: bool) -> None:
+    """Generate images from a network by seed (the same latents as NVIDIA's gen_images.py)."""
+    from sg3archive.checkpoints.loader import load_network
+    from sg3archive.networks.generator import input_transform
+    from sg3archive.pixels import make_grid, to_pil, to_uint8
+    from sg3archive.sampling import generate_batches, parse_seeds
+
+    try:
+        seed_list = parse_seeds(seeds)
+        tx, ty = (float(v) for v in translate.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+    G = load_network(network or default_network_url(), key="G_ema", device=_device(device))
+    transform = input_transform((tx, ty), rotate) if (tx, ty, rotate) != (0.0, 0.0, 0.0) else None
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    images = []
+    try:
+        batches = generate_batches(G, seed_list, truncation_psi, trunc_cutoff, class_idx, transform, batch_size)
+        with tqdm(total=len(seed_list), desc="generate", unit="img", disable=None) as bar:
+            for batch, x in batches:
+                for seed, img in zip(batch, to_uint8(x)):
+                    to_pil(img).save(out / f"seed{seed:04d}.png")
+                    images.append(img)
+                bar.update(len(batch))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    if grid:
+        to_pil(make_grid(images)).save(out / "grid.png")
+    click.echo(f"wrote {len(images)} images{' and grid.png' if grid else ''} to {out} (network fingerprint {G.fingerprint[:16]})")
+
+
+if __name__ == "__main__":
+    main()
