@@ -37,6 +37,15 @@ _GENERATORS: dict[tuple[Path, str, str], torch.nn.Module] = {}
 _RUNS: dict[tuple[Path, str, str, str], dict] = {}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_intra_op_thread():
+    """These tensors are small: one thread is faster than two, and unaffected by a busy CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _reference(root: Path, folder: str) -> dict:
     key = (root, folder)
     if key not in _REFERENCES:

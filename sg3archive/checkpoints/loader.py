@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Any
 
@@ -43,7 +44,9 @@ def network_from_record(record: PersistentRecord, key: str, where: str) -> torch
 
 
 def _from_pickle(data: bytes, key: str, where: str) -> torch.nn.Module:
-    snapshot = read_official_pickle(data)
+    stream = io.BytesIO(data)
+    stream.name = where  # so that errors name the file
+    snapshot = read_official_pickle(stream)
     record = snapshot.get(key)
     if not isinstance(record, PersistentRecord):
         present = sorted(k for k, v in snapshot.items() if isinstance(v, PersistentRecord))
