@@ -16,3 +16,14 @@ def sg3_reference_dir() -> Path:
     if not SG3_REFERENCE.is_dir():
         pytest.fail(f"StyleGAN3 reference fixtures not found at {SG3_REFERENCE}; check out shared/ beside the repository.")
     return SG3_REFERENCE
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small tensors: one intra-op thread is faster than two, and unaffected by a busy CPU."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

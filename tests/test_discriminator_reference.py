@@ -6,7 +6,6 @@ The discriminator reads the reference images ``img_psi0.7`` / ``img_psi1`` from 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _reference import reference_folder
 from sg3archive import load_network
 from sg3archive.checkpoints.fingerprint import network_fingerprint, weights_fingerprint
 from sg3archive.networks import Discriminator
@@ -28,32 +28,13 @@ EPILOGUE = ["mbstd", "conv", "fc", "out"]
 _CACHE: dict[tuple, object] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are small: one thread is faster than two, and unaffected by a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reference(root: Path, folder: str) -> dict:
-    key = ("ref", root, folder)
-    if key not in _CACHE:
-        d = root / folder
-        _CACHE[key] = {
-            "dir": d,
-            "io": {k: v.clone() for k, v in load_file(d / "io.safetensors").items()},
-            "D_state": {k: v.clone() for k, v in load_file(d / "D_state.safetensors").items()},
-            "D_kwargs": json.loads((d / "D_init_kwargs.json").read_text()),
-        }
-    return _CACHE[key]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _discriminator(root: Path, folder: str, source: str) -> torch.nn.Module:
     key = ("D", root, folder, source)
     if key not in _CACHE:
-        ref = _reference(root, folder)
+        ref = reference_folder(root, folder)
         if source == "pickle":
             D = load_network(ref["dir"] / "network-snapshot.pkl", key="D")
         else:
@@ -73,8 +54,8 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, wha
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_discriminator_matches_reference(sg3_reference_dir: Path, folder: str, source: str) -> None:
-    io = _reference(sg3_reference_dir, folder)["io"]
+def test_discriminator_matchesreference_folder(sg3_reference_dir: Path, folder: str, source: str) -> None:
+    io = reference_folder(sg3_reference_dir, folder)["io"]
     D = _discriminator(sg3_reference_dir, folder, source)
     assert isinstance(D, Discriminator) and not D.training
     assert D.block_resolutions == [64, 32, 16, 8]
@@ -115,7 +96,7 @@ def test_discriminator_matches_reference(sg3_reference_dir: Path, folder: str, s
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_official_d_state_loads_strict_and_fingerprints_agree(sg3_reference_dir: Path, folder: str) -> None:
-    ref = _reference(sg3_reference_dir, folder)
+    ref = reference_folder(sg3_reference_dir, folder)
     D = Discriminator(**ref["D_kwargs"])
     assert set(D.state_dict()) == set(ref["D_state"])
     D.load_state_dict(ref["D_state"], strict=True)

@@ -12,13 +12,13 @@ Synthesis runs with both op implementations ("fast", the default, and "reference
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from _reference import reference_folder
 from sg3archive import load_network
 from sg3archive.checkpoints.fingerprint import network_fingerprint, weights_fingerprint
 from sg3archive.networks import Generator
@@ -32,38 +32,17 @@ FILTER_ATOL = 1e-6
 
 # Networks and synthesis runs are shared between the tests of this module: each one is
 # computed once (the full-resolution synthesis is the expensive part of the suite).
-_REFERENCES: dict[tuple[Path, str], dict] = {}
 _GENERATORS: dict[tuple[Path, str, str], torch.nn.Module] = {}
 _RUNS: dict[tuple[Path, str, str, str], dict] = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are small: one thread is faster than two, and unaffected by a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _reference(root: Path, folder: str) -> dict:
-    key = (root, folder)
-    if key not in _REFERENCES:
-        d = root / folder
-        _REFERENCES[key] = {
-            "dir": d,
-            # clone(): tensors from load_file are not 64-byte aligned (see the fixture README).
-            "io": {k: v.clone() for k, v in load_file(d / "io.safetensors").items()},
-            "G_state": {k: v.clone() for k, v in load_file(d / "G_state.safetensors").items()},
-            "G_kwargs": json.loads((d / "G_init_kwargs.json").read_text()),
-        }
-    return _REFERENCES[key]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _generator(root: Path, folder: str, source: str) -> torch.nn.Module:
     key = (root, folder, source)
     if key not in _GENERATORS:
-        ref = _reference(root, folder)
+        ref = reference_folder(root, folder)
         if source == "pickle":
             G = load_network(ref["dir"] / "network-snapshot.pkl", key="G_ema")
         else:
@@ -80,7 +59,7 @@ def _synthesis_run(root: Path, folder: str, source: str, impl: str) -> dict:
     if key in _RUNS:
         return _RUNS[key]
     G = _generator(root, folder, source)
-    io = _reference(root, folder)["io"]
+    io = reference_folder(root, folder)["io"]
     captured: dict[str, torch.Tensor] = {}
 
     def hook(name: str):
@@ -125,9 +104,9 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float, wha
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_mapping_matches_reference(sg3_reference_dir: Path, folder: str, source: str) -> None:
+def test_mapping_matchesreference_folder(sg3_reference_dir: Path, folder: str, source: str) -> None:
     G = _generator(sg3_reference_dir, folder, source)
-    io = _reference(sg3_reference_dir, folder)["io"]
+    io = reference_folder(sg3_reference_dir, folder)["io"]
     z, c = io["z"], io["c"]
     assert G.num_ws == 16 and G.mapping.num_ws == 16
     assert (G.z_dim, G.c_dim, G.w_dim, G.img_resolution, G.img_channels) == (64, 0, 64, 64, 3)
@@ -167,8 +146,8 @@ def test_mapping_matches_reference(sg3_reference_dir: Path, folder: str, source:
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_synthesis_intermediates_match_reference(sg3_reference_dir: Path, folder: str, source: str, impl: str) -> None:
-    io = _reference(sg3_reference_dir, folder)["io"]
+def test_synthesis_intermediates_matchreference_folder(sg3_reference_dir: Path, folder: str, source: str, impl: str) -> None:
+    io = reference_folder(sg3_reference_dir, folder)["io"]
     run = _synthesis_run(sg3_reference_dir, folder, source, impl)
     captured = run["captured"]
     expected_keys = {k for k in io if k.startswith("syn.")}
@@ -208,8 +187,8 @@ def test_synthesis_intermediates_match_reference(sg3_reference_dir: Path, folder
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_synthesis_images_match_reference(sg3_reference_dir: Path, folder: str, source: str, impl: str) -> None:
-    io = _reference(sg3_reference_dir, folder)["io"]
+def test_synthesis_images_matchreference_folder(sg3_reference_dir: Path, folder: str, source: str, impl: str) -> None:
+    io = reference_folder(sg3_reference_dir, folder)["io"]
     run = _synthesis_run(sg3_reference_dir, folder, source, impl)
     G = _generator(sg3_reference_dir, folder, source)
     assert run["img_psi0.7"].shape == (3, 3, 64, 64)
@@ -223,8 +202,8 @@ def test_synthesis_images_match_reference(sg3_reference_dir: Path, folder: str, 
 
 @pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("folder", FOLDERS)
-def test_generator_call_matches_reference(sg3_reference_dir: Path, folder: str, source: str) -> None:
-    io = _reference(sg3_reference_dir, folder)["io"]
+def test_generator_call_matchesreference_folder(sg3_reference_dir: Path, folder: str, source: str) -> None:
+    io = reference_folder(sg3_reference_dir, folder)["io"]
     G = _generator(sg3_reference_dir, folder, source)
     with torch.no_grad():
         img = G(io["z"], io["c"])
@@ -235,7 +214,7 @@ def test_generator_call_matches_reference(sg3_reference_dir: Path, folder: str, 
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_fresh_generator_designs_the_official_filters(sg3_reference_dir: Path, folder: str) -> None:
-    ref = _reference(sg3_reference_dir, folder)
+    ref = reference_folder(sg3_reference_dir, folder)
     torch.manual_seed(0)
     state = Generator(**ref["G_kwargs"]).state_dict()
     design = {k.removeprefix("design."): v for k, v in ref["io"].items() if k.startswith("design.")}
@@ -260,7 +239,7 @@ def _layer_names(ref: dict) -> list[str]:
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_official_state_loads_strict_into_fresh_generator(sg3_reference_dir: Path, folder: str) -> None:
-    ref = _reference(sg3_reference_dir, folder)
+    ref = reference_folder(sg3_reference_dir, folder)
     G = Generator(**ref["G_kwargs"])
     assert set(G.state_dict()) == set(ref["G_state"])
     for key, value in G.state_dict().items():
@@ -273,7 +252,7 @@ def test_official_state_loads_strict_into_fresh_generator(sg3_reference_dir: Pat
 
 @pytest.mark.parametrize("folder", FOLDERS)
 def test_pickle_g_ema_equals_state_file_and_g_differs(sg3_reference_dir: Path, folder: str) -> None:
-    ref = _reference(sg3_reference_dir, folder)
+    ref = reference_folder(sg3_reference_dir, folder)
     G_ema = _generator(sg3_reference_dir, folder, "pickle")
     G_file = _generator(sg3_reference_dir, folder, "safetensors")
     G_train = load_network(ref["dir"] / "network-snapshot.pkl", key="G")

@@ -28,13 +28,7 @@ from sg3archive.ops.filters import design_lowpass_filter
 ATOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """These tensors are small: one thread is faster than two, and unaffected by a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _max_err(a: torch.Tensor, b: torch.Tensor) -> float:
