@@ -436,3 +436,15 @@ def test_missing_path_is_a_format_error_naming_it(tmp_path: Path) -> None:
         load_network(str(missing), key="D")
     with pytest.raises(ValueError, match="key"):
         load_network(missing, key="generator")
+
+
+def test_fast_filtered_lrelu_batched_chunking_path_gives_reference_shapes() -> None:
+    """Non-CPU devices take whole batches per chunk; the meta device checks that path's shapes."""
+    fu = design_lowpass_filter(24, 4.0, 8.0, 64)
+    fd = design_lowpass_filter(12, 5.0, 12.0, 64, radial=True)
+    x = torch.empty([3, 20, 38, 38], device="meta")
+    out = fast.filtered_lrelu(x, fu.to("meta"), fd.to("meta"), torch.empty([20], device="meta"), up=4, down=2,
+                              padding=[-6, -9, -6, -9], clamp=256)
+    cpu = fast.filtered_lrelu(torch.zeros([3, 20, 38, 38]), fu, fd, torch.zeros([20]), up=4,
+                              down=2, padding=[-6, -9, -6, -9], clamp=256)
+    assert out.device.type == "meta" and out.shape == cpu.shape == (3, 20, 52, 52)
