@@ -1,0 +1,235 @@
+"""``LatentCodec``: fit on calibration W+, compress W+ to one payload per image, decompress.
+
+Three entry points, as in learned-compression libraries: :meth:`LatentCodec.compress` /
+:meth:`LatentCodec.decompress` for storage (bit-exact), :meth:`LatentCodec.quantize` for the
+values decompression will return, and :meth:`LatentCodec.noisy` for rate-aware training
+(differentiable additive-noise proxy with likelihoods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from sg3archive.codec import bitstream
+from sg3archive.codec import quantize as qz
+from sg3archive.codec.entropy import ChunkLayout, TableModels, chunk_layout, decode_chunk, encode_chunks
+from sg3archive.codec.errors import CodecError, ModelMismatchError
+from sg3archive.codec.model import CodecModel, estimate, fit_model, load_model, save_model
+
+CODERS = {"ans": "ans", "range": "range", "arithmetic": "range"}  # arithmetic coding is served by the range coder
+
+
+@dataclass(frozen=True)
+class DecodedLatents:
+    """What a payload holds: ``ws [N, num_ws, w_dim]`` and per-image input transforms (or None)."""
+
+    ws: torch.Tensor
+    transforms: list[np.ndarray | None]
+
+
+def _as_numpy(ws: Any) -> np.ndarray:
+    if isinstance(ws, torch.Tensor):
+        return ws.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(ws, dtype=np.float64)
+
+
+class LatentCodec:
+    """Quantizes and entropy-codes W+ codes ``[N, num_ws, w_dim]`` with a fitted :class:`CodecModel`."""
+
+    def __init__(self, model: CodecModel, coder: str = "ans") -> None:
+        if coder not in CODERS:
+            raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
+        self.model = model
+        self.coder = CODERS[coder]
+        self._models = TableModels(model.tables)
+        self._layouts: list[ChunkLayout] | None = None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        ws_calib: Any,
+        profile: str | int | Sequence[int] = "balanced",
+        coder: str = "ans",
+        *,
+        progressive: bool = True,
+        decorrelate: bool = True,
+        target_mse: float | None = None,
+        target_bytes: float | None = None,
+    ) -> "LatentCodec":
+        """Fit on calibration codes ``ws_calib [M, num_ws, w_dim]`` (from the encoder or the mapping network).
+
+        ``profile``: a preset (``high_quality``, ``balanced``, ``high_compression``), an int (the
+        same bits for every layer), a list of bits per layer, or ``"auto"`` with ``target_mse``
+        (W-space mean squared error) or ``target_bytes`` (per image).
+        """
+        if coder not in CODERS:
+            raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
+        try:
+            model = fit_model(_as_numpy(ws_calib), profile, progressive=progressive, decorrelate=decorrelate,
+                              target_mse=target_mse, target_bytes=target_bytes)
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+        model.info.update(calibration_count=int(len(ws_calib)), coder=CODERS[coder])
+        return cls(model, coder)
+
+    @classmethod
+    def load(cls, url: str, coder: str | None = None, storage_options: dict | None = None) -> "LatentCodec":
+        """Load a codec saved with :meth:`save` (any fsspec URL); its hash is verified."""
+        model = load_model(url, storage_options)
+        return cls(model, coder or model.info.get("coder", "ans"))
+
+    def save(self, url: str, storage_options: dict | None = None) -> None:
+        """Save the model as ``codec.safetensors`` + ``codec.json`` under directory ``url``."""
+        self.model.info["coder"] = self.coder
+        save_model(self.model, url, storage_options)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def num_ws(self) -> int:
+        return self.model.num_ws
+
+    @property
+    def w_dim(self) -> int:
+        return self.model.w_dim
+
+    @property
+    def bits(self) -> list[float]:
+        """Bits of precision per layer (see ``sg3archive.codec.profiles``)."""
+        return list(self.model.bits)
+
+    @property
+    def hash(self) -> str:
+        """Content hash of the model; payloads record its first 8 bytes."""
+        return self.model.hash
+
+    def __repr__(self) -> str:
+        return (f"LatentCodec(num_ws={self.num_ws}, w_dim={self.w_dim}, profile={self.model.profile!r}, "
+                f"coder={self.coder!r}, hash={self.hash[:12]})")
+
+    # -- coding -------------------------------------------------------------------------------
+    @property
+    def layouts(self) -> list[ChunkLayout]:
+        if self._layouts is None:
+            self._layouts = [chunk_layout(list(g), self.model.classes) for g in self.model.groups]
+        return self._layouts
+
+    def _check_ws(self, ws: np.ndarray) -> None:
+        expected = (self.num_ws, self.w_dim)
+        if ws.ndim != 3 or ws.shape[1:] != expected:
+            raise CodecError(f"ws must have shape [N, {expected[0]}, {expected[1]}], got {list(ws.shape)}")
+
+    def _indices(self, ws: np.ndarray) -> np.ndarray:
+        self._check_ws(ws)
+        try:
+            return qz.indices(ws, self.model.centre, self.model.encode_matrix, self.model.steps)
+        except OverflowError as exc:
+            raise CodecError(str(exc)) from None
+
+    def quantize(self, ws: Any) -> torch.Tensor:
+        """The values ``decompress(compress(ws))`` returns, bit for bit, without entropy coding."""
+        q = self._indices(_as_numpy(ws))
+        m = self.model
+        return torch.from_numpy(qz.dequantize(q, m.centre, m.basis_int, m.mantissa, m.exponent))
+
+    def compress(self, ws: Any, transforms: Any = None) -> list[bytes]:
+        """One payload (bytes) per image of ``ws [N, num_ws, w_dim]``.
+
+        ``transforms``: optional ``[N, 3, 3]`` input transforms (side information; row 2 must be
+        0, 0, 1), stored as float32.
+        """
+        ws = _as_numpy(ws)
+        q = self._indices(ws)
+        n = len(ws)
+        tf: list[np.ndarray | None] = [None] * n
+        if transforms is not None:
+            t = _as_numpy(transforms).astype(np.float32)
+            if t.shape != (n, 3, 3) or not np.array_equal(t[:, 2], np.tile([0, 0, 1], (n, 1)).astype(np.float32)):
+                raise CodecError("transforms must have shape [N, 3, 3] with last row 0, 0, 1")
+            tf = list(t)
+        k = qz.residuals(q, self.model.coef).reshape(n, -1)
+        try:
+            chunks = encode_chunks(k, self.layouts, self._models, self.coder)
+        except OverflowError as exc:
+            raise CodecError(str(exc)) from None
+        hash8 = bytes.fromhex(self.hash[:16])
+        bits = tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
+        return [
+            bitstream.pack(
+                bitstream.PayloadHeader(self.coder, hash8, self.num_ws, self.w_dim, bits,
+                                        tuple(len(c) for c in chunks[i]), tf[i]),
+                chunks[i],
+            )
+            for i in range(n)
+        ]
+
+    def decode(self, payloads: Sequence[bytes], num_layers: int | None = None) -> DecodedLatents:
+        """Decode payloads to W+ and their transforms; ``num_layers`` decodes only the first layers
+        (a progressive preview: the rest are predicted from the decoded ones)."""
+        if isinstance(payloads, (bytes, bytearray)):
+            raise CodecError("decompress takes a list of payloads (one bytes object per image)")
+        if num_layers is not None and not 0 <= num_layers <= self.num_ws:
+            raise CodecError(f"num_layers must be in 0..{self.num_ws}, got {num_layers}")
+        n, layers, dims = len(payloads), self.num_ws, self.w_dim
+        k = np.zeros((n, layers * dims), dtype=np.int64)
+        transforms: list[np.ndarray | None] = []
+        expected_bits = tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
+        for i, payload in enumerate(payloads):
+            header, chunks = bitstream.unpack(payload)
+            if header.model_hash.hex() != self.hash[:16]:
+                raise ModelMismatchError(
+                    f"payload {i} was made with codec model {header.model_hash.hex()}…, not this one ({self.hash[:16]}…); "
+                    "load the codec model the archive was written with"
+                )
+            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, expected_bits) or len(chunks) != len(self.layouts):
+                raise ModelMismatchError(f"payload {i} does not fit this codec's shape or bit allocation")
+            for chunk, layout in zip(chunks, self.layouts):
+                if num_layers is not None and min(layout.layers) >= num_layers:
+                    continue
+                k[i, layout.positions] = decode_chunk(chunk, layout, self._models, header.coder)
+            transforms.append(header.transform)
+        q = qz.reconstruct_indices(k.reshape(n, layers, dims), self.model.coef, num_layers)
+        m = self.model
+        ws = torch.from_numpy(qz.dequantize(q, m.centre, m.basis_int, m.mantissa, m.exponent))
+        return DecodedLatents(ws, transforms)
+
+    def decompress(self, payloads: Sequence[bytes], num_layers: int | None = None) -> torch.Tensor:
+        """``ws_hat [N, num_ws, w_dim]`` float32 from payloads (see :meth:`decode`)."""
+        return self.decode(payloads, num_layers).ws
+
+    def estimate(self, ws: Any) -> tuple[float, float]:
+        """``(bytes per image of coded data, W-space MSE)`` predicted from the model's tables."""
+        return estimate(self.model, _as_numpy(ws))
+
+    # -- training -----------------------------------------------------------------------------
+    def noisy(self, ws: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Differentiable training proxy: ``(ws_tilde, bits [N])``.
+
+        Adds uniform noise of one quantization step in the decorrelated domain (what rounding
+        does on average) and returns each image's estimated code length from the fitted prior.
+        """
+        m = self.model
+        dev, dt = ws.device, ws.dtype
+        centre = torch.as_tensor(m.centre, dtype=dt, device=dev)
+        enc = torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
+        dec = torch.as_tensor(m.basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
+        steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
+        coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
+        sigma = torch.as_tensor(np.maximum(m.sigma, 0.05), dtype=dt, device=dev)
+        u = (ws - centre) @ enc / steps  # in steps
+        noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
+        u_tilde = u + noise
+        residual = u_tilde.clone()
+        residual[:, 1:] = u_tilde[:, 1:] - coef[1:] * u_tilde[:, :-1]
+        normal = torch.distributions.Normal(torch.zeros((), device=dev, dtype=dt), sigma)
+        likelihood = (normal.cdf(residual + 0.5) - normal.cdf(residual - 0.5)).clamp_min(2.0**-24)
+        bits = -torch.log2(likelihood).sum(dim=(1, 2))
+        ws_tilde = (u_tilde * steps) @ dec.T + centre
+        return ws_tilde, bits
+
+
+__all__ = ["CODERS", "DecodedLatents", "LatentCodec"]

@@ -1,0 +1,263 @@
+"""The fitted codec model: everything encoder and decoder must share, frozen, hashed, saved.
+
+Fitting learns, from calibration W+ codes: a per-layer centre, a decorrelating basis (PCA of
+W pooled over layers), per-layer quantization steps from the bit allocation, per-value
+fixed-point prediction coefficients from the previous layer, each value's residual scale
+class, and the integer probability tables of those classes. Saved as a directory holding
+``codec.safetensors`` (arrays) and ``codec.json`` (config, content hash).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+import numpy as np
+import safetensors.numpy
+
+from sg3archive.codec import quantize as qz
+from sg3archive.codec.errors import CodecError
+from sg3archive.codec.profiles import PRESETS, layer_groups, resolve_bits
+from sg3archive.codec.tables import NUM_CLASSES, PRECISION, SCALES, TAIL_SIGMAS, frequency_table, half_width, scale_class
+
+MODEL_FORMAT = "sg3archive.codec"
+MODEL_VERSION = 1
+JSON_NAME, ARRAYS_NAME = "codec.json", "codec.safetensors"
+SPREAD_SIGMAS = 8.0  # "b bits" = 2**b levels across 8 standard deviations of the layer
+
+
+@dataclass(frozen=True, eq=False)
+class CodecModel:
+    """Frozen codec state. Arrays: centre [L, D] f64, basis_int [D, D] i64, coef/classes [L, D] i64,
+    sigma [L, D] f64 (residual std in steps), mantissa/exponent [L] i64 (step = m·2**−e)."""
+
+    num_ws: int
+    w_dim: int
+    profile: str
+    bits: tuple[float, ...]
+    groups: tuple[tuple[int, ...], ...]
+    centre: np.ndarray
+    basis_int: np.ndarray
+    mantissa: np.ndarray
+    exponent: np.ndarray
+    coef: np.ndarray
+    classes: np.ndarray
+    sigma: np.ndarray
+    tables: dict[int, np.ndarray]
+    info: dict[str, Any] = field(default_factory=dict)  # provenance, not hashed
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Quantization step of each layer ``[L]`` in the decorrelated domain."""
+        return self.mantissa * np.exp2(-self.exponent.astype(np.float64))
+
+    @property
+    def encode_matrix(self) -> np.ndarray:
+        """``E`` with ``u = (w − centre) · E``: the inverse of the stored (fixed-point) basis."""
+        cached = self.__dict__.get("_encode_matrix")
+        if cached is None:
+            basis = self.basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS
+            cached = np.linalg.inv(basis).T
+            object.__setattr__(self, "_encode_matrix", cached)
+        return cached
+
+    def config(self) -> dict[str, Any]:
+        """The JSON-able part of the model (hashed together with the arrays)."""
+        return {
+            "format": MODEL_FORMAT,
+            "format_version": MODEL_VERSION,
+            "num_ws": self.num_ws,
+            "w_dim": self.w_dim,
+            "profile": self.profile,
+            "bits": list(self.bits),
+            "groups": [list(g) for g in self.groups],
+            "table_precision": PRECISION,
+            "num_classes": NUM_CLASSES,
+            "tail_sigmas": TAIL_SIGMAS,
+            "pred_shift": qz.PRED_SHIFT,
+            "basis_bits": qz.BASIS_BITS,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {
+            "centre": self.centre, "basis_int": self.basis_int, "mantissa": self.mantissa, "exponent": self.exponent,
+            "coef": self.coef, "classes": self.classes, "sigma": self.sigma,
+        }
+        out.update({f"table.{c}": t for c, t in self.tables.items()})
+        return out
+
+    @property
+    def hash(self) -> str:
+        """sha256 (hex) of the config and every array: the identity payloads record."""
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            digest = hashlib.sha256(json.dumps(self.config(), sort_keys=True).encode())
+            for name, array in sorted(self.arrays().items()):
+                a = np.ascontiguousarray(array)
+                digest.update(f"{name}:{a.dtype.str}:{list(a.shape)}".encode() + b"\0" + a.tobytes())
+            cached = digest.hexdigest()
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+
+def _steps_for(bits: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    spread = SPREAD_SIGMAS * np.sqrt(u.var(axis=0).mean(axis=-1))  # [L]
+    spread = np.where(spread > 0, spread, 1.0)
+    parts = [qz.step_parts(s * 2.0 ** -b) for s, b in zip(spread, bits)]
+    return np.array([m for m, _ in parts], dtype=np.int64), np.array([e for _, e in parts], dtype=np.int64)
+
+
+def _prediction(q: np.ndarray) -> np.ndarray:
+    """Least-squares fixed-point coefficients predicting each layer's indices from the previous layer's."""
+    coef = np.zeros(q.shape[1:], dtype=np.int64)
+    for layer in range(1, q.shape[1]):
+        prev, cur = q[:, layer - 1].astype(np.float64), q[:, layer].astype(np.float64)
+        den = (prev * prev).sum(axis=0)
+        c = np.divide((prev * cur).sum(axis=0), den, out=np.zeros_like(den), where=den > 0)
+        c_int = np.rint(np.clip(c, -64, 64) * (1 << qz.PRED_SHIFT)).astype(np.int64)
+        predicted = cur - qz.predictions(q[:, layer - 1], c_int)
+        worse = (predicted.astype(np.float64) ** 2).mean(axis=0) >= (cur**2).mean(axis=0)
+        coef[layer] = np.where(worse, 0, c_int)
+    return coef
+
+
+def _build(ws: np.ndarray, bits: np.ndarray, profile: str, groups: list[list[int]], centre: np.ndarray,
+           basis_int: np.ndarray, encode_matrix: np.ndarray, u: np.ndarray) -> CodecModel:
+    mantissa, exponent = _steps_for(bits, u)
+    steps = mantissa * np.exp2(-exponent.astype(np.float64))
+    q = np.rint(u / steps[None, :, None]).astype(np.int64)
+    coef = _prediction(q)
+    k = qz.residuals(q, coef)
+    sigma = np.sqrt((k.astype(np.float64) ** 2).mean(axis=0))
+    classes = scale_class(sigma)
+    tables = {int(c): frequency_table(int(c)) for c in np.unique(classes)}
+    return CodecModel(
+        num_ws=ws.shape[1], w_dim=ws.shape[2], profile=profile, bits=tuple(float(b) for b in bits),
+        groups=tuple(tuple(g) for g in groups), centre=centre, basis_int=basis_int, mantissa=mantissa,
+        exponent=exponent, coef=coef, classes=classes, sigma=sigma, tables=tables,
+    )
+
+
+def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
+    """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding)."""
+    q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
+    k = qz.residuals(q, model.coef)
+    bits = 0.0
+    for c, table in model.tables.items():
+        sel = model.classes == c
+        a = half_width(c)
+        values = k[:, sel]
+        idx = np.where(np.abs(values) > a, 2 * a + 1, values + a)
+        bits += -np.log2(table[idx] / float(1 << PRECISION)).sum() + 24 * (np.abs(values) > a).sum()
+    ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
+    return bits / 8 / len(ws), float(((ws_hat.astype(np.float64) - ws) ** 2).mean())
+
+
+def fit_model(
+    ws: np.ndarray,
+    profile: str | int | list[int] = "balanced",
+    *,
+    progressive: bool = True,
+    decorrelate: bool = True,
+    target_mse: float | None = None,
+    target_bytes: float | None = None,
+) -> CodecModel:
+    """Fit a codec model on calibration codes ``ws [M, L, D]`` (float; M ≥ 2)."""
+    ws = np.asarray(ws, dtype=np.float64)
+    if ws.ndim != 3 or ws.shape[0] < 2:
+        raise CodecError(f"calibration W+ must have shape [M >= 2, num_ws, w_dim], got {list(ws.shape)}")
+    if not np.isfinite(ws).all():
+        raise CodecError("calibration W+ contains NaN or infinite values")
+    m, num_ws, w_dim = ws.shape
+    if num_ws > 255 or w_dim > 2048:
+        raise CodecError(f"the codec supports up to 255 layers of up to 2048 dims, got {num_ws}×{w_dim}")
+    centre = ws.mean(axis=0)
+    if decorrelate:
+        x = (ws - centre).reshape(-1, w_dim)
+        eigvals, eigvecs = np.linalg.eigh(x.T @ x / len(x))
+        basis = eigvecs[:, np.argsort(eigvals)[::-1]]
+    else:
+        basis = np.eye(w_dim)
+    basis_int = np.rint(basis * (1 << qz.BASIS_BITS)).astype(np.int64)
+    encode_matrix = np.linalg.inv(basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS).T
+    u = (ws - centre) @ encode_matrix
+    groups = layer_groups(num_ws) if progressive else [list(range(num_ws))]
+
+    if profile != "auto":
+        if target_mse is not None or target_bytes is not None:
+            raise CodecError("target_mse / target_bytes go with profile='auto'")
+        name, bits = resolve_bits(profile, num_ws)
+        return _build(ws, np.array(bits, dtype=np.float64), name, groups, centre, basis_int, encode_matrix, u)
+
+    if (target_mse is None) == (target_bytes is None):
+        raise CodecError("profile='auto' needs exactly one of target_mse (W-space MSE) or target_bytes (per image)")
+    _, shape = resolve_bits("balanced", num_ws)
+    shape = np.array(shape, dtype=np.float64)
+
+    def build(offset: float) -> CodecModel:
+        bits = np.clip(shape + offset, 1, 16)
+        return _build(ws, bits, "auto", groups, centre, basis_int, encode_matrix, u)
+
+    lo, hi = -4.0, 6.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
+    for _ in range(14):
+        mid = (lo + hi) / 2
+        size, mse = estimate(build(mid), ws)
+        meets = mse <= target_mse if target_mse is not None else size <= target_bytes
+        # For a distortion target we want the fewest bits that meet it; for a size target the most.
+        if target_mse is not None:
+            lo, hi = (lo, mid) if meets else (mid, hi)
+        else:
+            lo, hi = (mid, hi) if meets else (lo, mid)
+    return build(hi if target_mse is not None else lo)
+
+
+def save_model(model: CodecModel, url: str, storage_options: dict | None = None) -> None:
+    """Write ``codec.safetensors`` then ``codec.json`` (with the hash) under directory ``url``."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(posixpath.join(root, ARRAYS_NAME), "wb") as f:
+        f.write(safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in model.arrays().items()}))
+    doc = dict(model.config(), hash=model.hash, info=model.info,
+               saved=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    with fs.open(posixpath.join(root, JSON_NAME), "w") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)
+
+
+def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
+    """Read a saved codec model and check its content hash."""
+    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    try:
+        with fs.open(posixpath.join(root, JSON_NAME), "r") as f:
+            doc = json.load(f)
+        with fs.open(posixpath.join(root, ARRAYS_NAME), "rb") as f:
+            arrays = safetensors.numpy.load(f.read())
+    except FileNotFoundError as exc:
+        raise CodecError(f"{url} is not a saved codec model (missing {exc.filename}); save one with LatentCodec.save") from None
+    except ValueError as exc:
+        raise CodecError(f"{url}: codec model files are unreadable ({exc})") from None
+    if doc.get("format") != MODEL_FORMAT:
+        raise CodecError(f"{url}/{JSON_NAME} is not an sg3archive codec model")
+    if doc.get("format_version", 0) > MODEL_VERSION:
+        raise CodecError(f"{url}: codec model format {doc['format_version']} is newer than this sg3archive reads; upgrade")
+    for key, expected in (("table_precision", PRECISION), ("num_classes", NUM_CLASSES), ("tail_sigmas", TAIL_SIGMAS),
+                          ("pred_shift", qz.PRED_SHIFT), ("basis_bits", qz.BASIS_BITS)):
+        if doc.get(key) != expected:
+            raise CodecError(f"{url}: model was made with {key}={doc.get(key)}, this codec uses {expected}")
+    tables = {int(k.split(".", 1)[1]): v for k, v in arrays.items() if k.startswith("table.")}
+    model = CodecModel(
+        num_ws=doc["num_ws"], w_dim=doc["w_dim"], profile=doc["profile"], bits=tuple(doc["bits"]),
+        groups=tuple(tuple(g) for g in doc["groups"]), centre=arrays["centre"], basis_int=arrays["basis_int"],
+        mantissa=arrays["mantissa"], exponent=arrays["exponent"], coef=arrays["coef"], classes=arrays["classes"],
+        sigma=arrays["sigma"], tables=tables, info=doc.get("info", {}),
+    )
+    if model.hash != doc.get("hash"):
+        raise CodecError(f"{url}: codec model content does not match its recorded hash; the files were modified or damaged")
+    return model
+
+
+__all__ = ["CodecModel", "PRESETS", "SCALES", "estimate", "fit_model", "load_model", "save_model"]

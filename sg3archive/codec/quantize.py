@@ -1,0 +1,72 @@
+"""Exact integer-domain quantization of W+ with inter-layer prediction.
+
+Encoder and decoder agree bit for bit on every machine because everything the decoder does
+is integer arithmetic or exactly representable float64 arithmetic:
+
+* W+ is mapped to a decorrelated domain ``u = (w − centre) · E`` (encoder only; any rounding
+  here only moves which integer is chosen).
+* Each value is quantized on its own grid: ``q = round(u / Δ_l)``, so the reconstruction
+  error is at most half a step whatever the prediction does.
+* What is transmitted is the index minus an integer prediction from the previous layer:
+  ``k_l = q_l − ((C_l · q_{l−1} + 2**(S−1)) >> S)`` with fixed-point coefficients ``C_l``.
+* The decoder rebuilds ``q`` with the same integer recursion and computes
+  ``w = centre + 2**−(e_l+B) · ((q · m_l) @ basisᵀ)`` where ``Δ_l = m_l · 2**−e_l`` and the basis
+  is stored as integers scaled by ``2**B``: every product and partial sum is an integer below
+  2**53, so float64 matrix multiplication is exact in any summation order (any BLAS, any
+  thread count), and the final scaling by a power of two is exact too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+PRED_SHIFT = 12  # fixed-point fraction bits of the prediction coefficients
+BASIS_BITS = 14  # fixed-point fraction bits of the basis
+MAX_INDEX = (1 << 22) - 1  # |q| bound that keeps the exact-float64 matmul below 2**53
+
+
+def step_parts(step: float) -> tuple[int, int]:
+    """``(m, e)`` with ``m · 2**−e`` ≈ ``step`` and 8 ≤ m ≤ 16 (4 significant bits)."""
+    e = int(np.floor(-np.log2(step))) + 4
+    return int(np.rint(step * 2.0**e)), e
+
+
+def predictions(q_prev: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Integer prediction of the next layer's indices (int64 in, int64 out)."""
+    return (coef * q_prev + (1 << (PRED_SHIFT - 1))) >> PRED_SHIFT
+
+
+def indices(ws: np.ndarray, centre: np.ndarray, encode_matrix: np.ndarray, steps: np.ndarray) -> np.ndarray:
+    """Quantization indices ``q [N, L, D]`` (int64) of ``ws [N, L, D]``."""
+    u = (ws.astype(np.float64) - centre) @ encode_matrix
+    q = np.rint(u / steps[None, :, None])
+    if not np.isfinite(q).all() or np.abs(q).max(initial=0) > MAX_INDEX:
+        raise OverflowError("latent values are not finite or far outside the range the codec was fitted on")
+    return q.astype(np.int64)
+
+
+def residuals(q: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """Transmitted symbols ``k [N, L, D]``: each layer's indices minus their prediction."""
+    k = q.copy()
+    k[:, 1:] -= predictions(q[:, :-1], coef[None, 1:])
+    return k
+
+
+def reconstruct_indices(k: np.ndarray, coef: np.ndarray, num_coded: int | None = None) -> np.ndarray:
+    """Inverse of :func:`residuals`; layers from ``num_coded`` on are prediction only (k ignored)."""
+    n, layers, dims = k.shape
+    q = np.empty_like(k)
+    num_coded = layers if num_coded is None else num_coded
+    q[:, 0] = k[:, 0] if num_coded > 0 else 0
+    for layer in range(1, layers):
+        q[:, layer] = predictions(q[:, layer - 1], coef[layer])
+        if layer < num_coded:
+            q[:, layer] += k[:, layer]
+    return q
+
+
+def dequantize(q: np.ndarray, centre: np.ndarray, basis_int: np.ndarray, mantissa: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """``ws_hat [N, L, D]`` float32 from indices, computed exactly (see the module docstring)."""
+    scaled = (q * mantissa[None, :, None]).astype(np.float64)
+    exact = scaled @ basis_int.T.astype(np.float64)
+    return (exact * np.exp2(-(exponent + BASIS_BITS).astype(np.float64))[None, :, None] + centre).astype(np.float32)
