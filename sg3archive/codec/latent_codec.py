@@ -215,12 +215,13 @@ class LatentCodec:
         m = self.model
         dev, dt = ws.device, ws.dtype
         centre = torch.as_tensor(m.centre, dtype=dt, device=dev)
-        enc = torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
-        dec = torch.as_tensor(m.basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
+        identity = m.basis_int is None
+        enc = None if identity else torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
+        dec = None if identity else torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
         steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
         coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
         sigma = torch.as_tensor(np.maximum(m.sigma, 0.05), dtype=dt, device=dev)
-        u = (ws - centre) @ enc / steps  # in steps
+        u = ((ws - centre) if identity else (ws - centre) @ enc) / steps  # in steps
         noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
         u_tilde = u + noise
         residual = u_tilde.clone()
@@ -228,7 +229,7 @@ class LatentCodec:
         normal = torch.distributions.Normal(torch.zeros((), device=dev, dtype=dt), sigma)
         likelihood = (normal.cdf(residual + 0.5) - normal.cdf(residual - 0.5)).clamp_min(2.0**-24)
         bits = -torch.log2(likelihood).sum(dim=(1, 2))
-        ws_tilde = (u_tilde * steps) @ dec.T + centre
+        ws_tilde = (u_tilde * steps if identity else (u_tilde * steps) @ dec.T) + centre
         return ws_tilde, bits
 
 

@@ -42,7 +42,7 @@ class CodecModel:
     bits: tuple[float, ...]
     groups: tuple[tuple[int, ...], ...]
     centre: np.ndarray
-    basis_int: np.ndarray
+    basis_int: np.ndarray | None  # None: no decorrelating transform (fastest)
     mantissa: np.ndarray
     exponent: np.ndarray
     coef: np.ndarray
@@ -57,8 +57,10 @@ class CodecModel:
         return self.mantissa * np.exp2(-self.exponent.astype(np.float64))
 
     @property
-    def encode_matrix(self) -> np.ndarray:
+    def encode_matrix(self) -> np.ndarray | None:
         """``E`` with ``u = (w − centre) · E``: the inverse of the stored (fixed-point) basis."""
+        if self.basis_int is None:
+            return None
         cached = self.__dict__.get("_encode_matrix")
         if cached is None:
             basis = self.basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS
@@ -76,6 +78,7 @@ class CodecModel:
             "profile": self.profile,
             "bits": list(self.bits),
             "groups": [list(g) for g in self.groups],
+            "decorrelate": self.basis_int is not None,
             "table_precision": PRECISION,
             "num_classes": NUM_CLASSES,
             "tail_sigmas": TAIL_SIGMAS,
@@ -85,9 +88,11 @@ class CodecModel:
 
     def arrays(self) -> dict[str, np.ndarray]:
         out = {
-            "centre": self.centre, "basis_int": self.basis_int, "mantissa": self.mantissa, "exponent": self.exponent,
+            "centre": self.centre, "mantissa": self.mantissa, "exponent": self.exponent,
             "coef": self.coef, "classes": self.classes, "sigma": self.sigma,
         }
+        if self.basis_int is not None:
+            out["basis_int"] = self.basis_int
         out.update({f"table.{c}": t for c, t in self.tables.items()})
         return out
 
@@ -127,7 +132,7 @@ def _prediction(q: np.ndarray) -> np.ndarray:
 
 
 def _build(ws: np.ndarray, bits: np.ndarray, profile: str, groups: list[list[int]], centre: np.ndarray,
-           basis_int: np.ndarray, encode_matrix: np.ndarray, u: np.ndarray) -> CodecModel:
+           basis_int: np.ndarray | None, u: np.ndarray) -> CodecModel:
     mantissa, exponent = _steps_for(bits, u)
     steps = mantissa * np.exp2(-exponent.astype(np.float64))
     q = np.rint(u / steps[None, :, None]).astype(np.int64)
@@ -177,22 +182,21 @@ def fit_model(
     if num_ws > 255 or w_dim > 2048:
         raise CodecError(f"the codec supports up to 255 layers of up to 2048 dims, got {num_ws}×{w_dim}")
     centre = ws.mean(axis=0)
+    basis_int = None
+    u = ws - centre
     if decorrelate:
-        x = (ws - centre).reshape(-1, w_dim)
+        x = u.reshape(-1, w_dim)
         eigvals, eigvecs = np.linalg.eigh(x.T @ x / len(x))
         basis = eigvecs[:, np.argsort(eigvals)[::-1]]
-    else:
-        basis = np.eye(w_dim)
-    basis_int = np.rint(basis * (1 << qz.BASIS_BITS)).astype(np.int64)
-    encode_matrix = np.linalg.inv(basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS).T
-    u = (ws - centre) @ encode_matrix
+        basis_int = np.rint(basis * (1 << qz.BASIS_BITS)).astype(np.int64)
+        u = u @ np.linalg.inv(basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS).T
     groups = layer_groups(num_ws) if progressive else [list(range(num_ws))]
 
     if profile != "auto":
         if target_mse is not None or target_bytes is not None:
             raise CodecError("target_mse / target_bytes go with profile='auto'")
         name, bits = resolve_bits(profile, num_ws)
-        return _build(ws, np.array(bits, dtype=np.float64), name, groups, centre, basis_int, encode_matrix, u)
+        return _build(ws, np.array(bits, dtype=np.float64), name, groups, centre, basis_int, u)
 
     if (target_mse is None) == (target_bytes is None):
         raise CodecError("profile='auto' needs exactly one of target_mse (W-space MSE) or target_bytes (per image)")
@@ -201,7 +205,7 @@ def fit_model(
 
     def build(offset: float) -> CodecModel:
         bits = np.clip(shape + offset, 1, 16)
-        return _build(ws, bits, "auto", groups, centre, basis_int, encode_matrix, u)
+        return _build(ws, bits, "auto", groups, centre, basis_int, u)
 
     lo, hi = -4.0, 6.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
     for _ in range(14):
@@ -251,7 +255,7 @@ def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
     tables = {int(k.split(".", 1)[1]): v for k, v in arrays.items() if k.startswith("table.")}
     model = CodecModel(
         num_ws=doc["num_ws"], w_dim=doc["w_dim"], profile=doc["profile"], bits=tuple(doc["bits"]),
-        groups=tuple(tuple(g) for g in doc["groups"]), centre=arrays["centre"], basis_int=arrays["basis_int"],
+        groups=tuple(tuple(g) for g in doc["groups"]), centre=arrays["centre"], basis_int=arrays.get("basis_int"),
         mantissa=arrays["mantissa"], exponent=arrays["exponent"], coef=arrays["coef"], classes=arrays["classes"],
         sigma=arrays["sigma"], tables=tables, info=doc.get("info", {}),
     )

@@ -36,9 +36,11 @@ def predictions(q_prev: np.ndarray, coef: np.ndarray) -> np.ndarray:
     return (coef * q_prev + (1 << (PRED_SHIFT - 1))) >> PRED_SHIFT
 
 
-def indices(ws: np.ndarray, centre: np.ndarray, encode_matrix: np.ndarray, steps: np.ndarray) -> np.ndarray:
-    """Quantization indices ``q [N, L, D]`` (int64) of ``ws [N, L, D]``."""
-    u = (ws.astype(np.float64) - centre) @ encode_matrix
+def indices(ws: np.ndarray, centre: np.ndarray, encode_matrix: np.ndarray | None, steps: np.ndarray) -> np.ndarray:
+    """Quantization indices ``q [N, L, D]`` (int64) of ``ws [N, L, D]`` (no basis: W's own axes)."""
+    u = ws.astype(np.float64) - centre
+    if encode_matrix is not None:
+        u = u @ encode_matrix
     q = np.rint(u / steps[None, :, None])
     if not np.isfinite(q).all() or np.abs(q).max(initial=0) > MAX_INDEX:
         raise OverflowError("latent values are not finite or far outside the range the codec was fitted on")
@@ -65,8 +67,12 @@ def reconstruct_indices(k: np.ndarray, coef: np.ndarray, num_coded: int | None =
     return q
 
 
-def dequantize(q: np.ndarray, centre: np.ndarray, basis_int: np.ndarray, mantissa: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+def dequantize(q: np.ndarray, centre: np.ndarray, basis_int: np.ndarray | None, mantissa: np.ndarray,
+               exponent: np.ndarray) -> np.ndarray:
     """``ws_hat [N, L, D]`` float32 from indices, computed exactly (see the module docstring)."""
-    scaled = (q * mantissa[None, :, None]).astype(np.float64)
-    exact = scaled @ basis_int.T.astype(np.float64)
-    return (exact * np.exp2(-(exponent + BASIS_BITS).astype(np.float64))[None, :, None] + centre).astype(np.float32)
+    exact = (q * mantissa[None, :, None]).astype(np.float64)
+    shift = exponent.astype(np.float64)
+    if basis_int is not None:
+        exact = exact @ basis_int.T.astype(np.float64)
+        shift = shift + BASIS_BITS
+    return (exact * np.exp2(-shift)[None, :, None] + centre).astype(np.float32)
