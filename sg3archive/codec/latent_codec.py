@@ -69,6 +69,8 @@ class LatentCodec:
         """
         if coder not in CODERS:
             raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
+        if not isinstance(profile, (str, int, list, tuple)):
+            raise CodecError(f"profile must be a preset name, 'auto', an int or a list of ints, not {profile!r}")
         try:
             model = fit_model(_as_numpy(ws_calib), profile, progressive=progressive, decorrelate=decorrelate,
                               target_mse=target_mse, target_bytes=target_bytes)
@@ -145,11 +147,15 @@ class LatentCodec:
         ws = _as_numpy(ws)
         q = self._indices(ws)
         n = len(ws)
+        if n == 0:
+            return []
         tf: list[np.ndarray | None] = [None] * n
         if transforms is not None:
             t = _as_numpy(transforms).astype(np.float32)
             if t.shape != (n, 3, 3) or not np.array_equal(t[:, 2], np.tile([0, 0, 1], (n, 1)).astype(np.float32)):
                 raise CodecError("transforms must have shape [N, 3, 3] with last row 0, 0, 1")
+            if not np.isfinite(t).all():
+                raise CodecError("transforms contain NaN or infinite values")
             tf = list(t)
         k = qz.residuals(q, self.model.coef).reshape(n, -1)
         try:
@@ -170,7 +176,7 @@ class LatentCodec:
     def decode(self, payloads: Sequence[bytes], num_layers: int | None = None) -> DecodedLatents:
         """Decode payloads to W+ and their transforms; ``num_layers`` decodes only the first layers
         (a progressive preview: the rest are predicted from the decoded ones)."""
-        if isinstance(payloads, (bytes, bytearray)):
+        if isinstance(payloads, (bytes, bytearray, memoryview)) or not isinstance(payloads, Sequence):
             raise CodecError("decompress takes a list of payloads (one bytes object per image)")
         if num_layers is not None and not 0 <= num_layers <= self.num_ws:
             raise CodecError(f"num_layers must be in 0..{self.num_ws}, got {num_layers}")
@@ -203,7 +209,9 @@ class LatentCodec:
 
     def estimate(self, ws: Any) -> tuple[float, float]:
         """``(bytes per image of coded data, W-space MSE)`` predicted from the model's tables."""
-        return estimate(self.model, _as_numpy(ws))
+        ws = _as_numpy(ws)
+        self._indices(ws)  # validates shape and range
+        return estimate(self.model, ws)
 
     # -- training -----------------------------------------------------------------------------
     def noisy(self, ws: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,6 +220,10 @@ class LatentCodec:
         Adds uniform noise of one quantization step in the decorrelated domain (what rounding
         does on average) and returns each image's estimated code length from the fitted prior.
         """
+        if ws.ndim != 3 or tuple(ws.shape[1:]) != (self.num_ws, self.w_dim):
+            raise CodecError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        if not torch.isfinite(ws).all():
+            raise CodecError("ws contains NaN or infinite values")
         m = self.model
         dev, dt = ws.device, ws.dtype
         centre = torch.as_tensor(m.centre, dtype=dt, device=dev)

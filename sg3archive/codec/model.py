@@ -149,7 +149,8 @@ def _build(ws: np.ndarray, bits: np.ndarray, profile: str, groups: list[list[int
 
 
 def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
-    """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding)."""
+    """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding);
+    the bytes include the expected payload overhead."""
     q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
     k = qz.residuals(q, model.coef)
     bits = 0.0
@@ -160,7 +161,14 @@ def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
         idx = np.where(np.abs(values) > a, 2 * a + 1, values + a)
         bits += -np.log2(table[idx] / float(1 << PRECISION)).sum() + 24 * (np.abs(values) > a).sum()
     ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
-    return bits / 8 / len(ws), float(((ws_hat.astype(np.float64) - ws) ** 2).mean())
+    return bits / 8 / len(ws) + payload_overhead(model), float(((ws_hat.astype(np.float64) - ws) ** 2).mean())
+
+
+def payload_overhead(model: CodecModel) -> float:
+    """Expected bytes of a payload beyond the coded information: header, CRC, and per chunk its
+    length field, the coder's final state and padding to whole 32-bit words."""
+    header = 4 + 1 + 1 + 2 + 8 + 3 + (model.num_ws + 1) // 2 + 1 + 4
+    return header + len(model.groups) * (2 + 4 + 2)
 
 
 def fit_model(
@@ -200,6 +208,8 @@ def fit_model(
 
     if (target_mse is None) == (target_bytes is None):
         raise CodecError("profile='auto' needs exactly one of target_mse (W-space MSE) or target_bytes (per image)")
+    if (target_mse is not None and target_mse <= 0) or (target_bytes is not None and target_bytes <= 0):
+        raise CodecError("auto targets must be positive")
     _, shape = resolve_bits("balanced", num_ws)
     shape = np.array(shape, dtype=np.float64)
 
@@ -207,8 +217,8 @@ def fit_model(
         bits = np.clip(shape + offset, 1, 16)
         return _build(ws, bits, "auto", groups, centre, basis_int, u)
 
-    lo, hi = -4.0, 6.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
-    for _ in range(14):
+    lo, hi = -12.0, 8.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
+    for _ in range(16):
         mid = (lo + hi) / 2
         size, mse = estimate(build(mid), ws)
         meets = mse <= target_mse if target_mse is not None else size <= target_bytes
@@ -217,7 +227,15 @@ def fit_model(
             lo, hi = (lo, mid) if meets else (mid, hi)
         else:
             lo, hi = (mid, hi) if meets else (lo, mid)
-    return build(hi if target_mse is not None else lo)
+    model = build(hi if target_mse is not None else lo)
+    size, mse = estimate(model, ws)
+    if target_mse is not None and mse > target_mse * 1.001:
+        raise CodecError(f"target_mse={target_mse:g} is below what the finest allocation reaches ({mse:.3g}); "
+                         "use a larger target or an explicit profile")
+    if target_bytes is not None and size > target_bytes * 1.001:
+        raise CodecError(f"target_bytes={target_bytes:g} is below what the coarsest allocation reaches "
+                         f"({size:.0f} bytes/image); use a larger target")
+    return model
 
 
 def save_model(model: CodecModel, url: str, storage_options: dict | None = None) -> None:
@@ -242,9 +260,9 @@ def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
             arrays = safetensors.numpy.load(f.read())
     except FileNotFoundError as exc:
         raise CodecError(f"{url} is not a saved codec model (missing {exc.filename}); save one with LatentCodec.save") from None
-    except ValueError as exc:
-        raise CodecError(f"{url}: codec model files are unreadable ({exc})") from None
-    if doc.get("format") != MODEL_FORMAT:
+    except Exception as exc:  # JSON and safetensors parse errors of any kind
+        raise CodecError(f"{url}: codec model files are unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
         raise CodecError(f"{url}/{JSON_NAME} is not an sg3archive codec model")
     if doc.get("format_version", 0) > MODEL_VERSION:
         raise CodecError(f"{url}: codec model format {doc['format_version']} is newer than this sg3archive reads; upgrade")
@@ -252,16 +270,23 @@ def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
                           ("pred_shift", qz.PRED_SHIFT), ("basis_bits", qz.BASIS_BITS)):
         if doc.get(key) != expected:
             raise CodecError(f"{url}: model was made with {key}={doc.get(key)}, this codec uses {expected}")
+    try:
+        model = _model_from(doc, arrays)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CodecError(f"{url}: codec model files are incomplete or damaged ({type(exc).__name__}: {exc})") from None
+    if model.hash != doc.get("hash"):
+        raise CodecError(f"{url}: codec model content does not match its recorded hash; the files were modified or damaged")
+    return model
+
+
+def _model_from(doc: dict, arrays: dict[str, np.ndarray]) -> CodecModel:
     tables = {int(k.split(".", 1)[1]): v for k, v in arrays.items() if k.startswith("table.")}
-    model = CodecModel(
+    return CodecModel(
         num_ws=doc["num_ws"], w_dim=doc["w_dim"], profile=doc["profile"], bits=tuple(doc["bits"]),
         groups=tuple(tuple(g) for g in doc["groups"]), centre=arrays["centre"], basis_int=arrays.get("basis_int"),
         mantissa=arrays["mantissa"], exponent=arrays["exponent"], coef=arrays["coef"], classes=arrays["classes"],
         sigma=arrays["sigma"], tables=tables, info=doc.get("info", {}),
     )
-    if model.hash != doc.get("hash"):
-        raise CodecError(f"{url}: codec model content does not match its recorded hash; the files were modified or damaged")
-    return model
 
 
 __all__ = ["CodecModel", "PRESETS", "SCALES", "estimate", "fit_model", "load_model", "save_model"]
