@@ -31,7 +31,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sg3archive.codec import CodecError, DecodedLatents, LatentCodec, ModelMismatchError, PayloadError
-from sg3archive.codec.profiles import layer_groups
 
 REPO = Path(__file__).resolve().parents[1]
 NUM_WS, W_DIM = 16, 32
@@ -320,8 +319,7 @@ def test_payload_follows_the_documented_layout(profile_key: str, coder: str, wit
         assert h["hash8"] == bytes.fromhex(codec.hash[:16])
         assert (h["num_ws"], h["w_dim"]) == (NUM_WS, W_DIM)
         assert h["bits"] == header_bits(codec)
-        groups = [list(range(NUM_WS))] if profile_key == "single_chunk" else layer_groups(NUM_WS)
-        assert len(h["chunk_lengths"]) == len(groups)
+        assert len(h["chunk_lengths"]) == 1  # one entropy-coded stream holding every layer group
         assert all(n % 4 == 0 for n in h["chunk_lengths"])  # 32-bit words
         assert h["chunks_start"] + sum(h["chunk_lengths"]) + 4 == len(payload)
         assert h["crc"] == zlib.crc32(payload[:-4])
@@ -393,12 +391,11 @@ def test_auto_target_bytes_is_met_by_the_coded_data(target: float) -> None:
     codec = LatentCodec.fit(CALIB, "auto", target_bytes=target)
     size, _ = codec.estimate(CALIB)
     assert target * 0.8 <= size <= target * 1.05
-    # The estimate is the whole payload: entropy-coded chunks plus the expected header, CRC and
-    # per-chunk overhead (each chunk is whole 32-bit words; ANS also flushes its state), so it
-    # matches the real mean payload size up to the variation of that overhead.
+    # The estimate is the whole payload: the entropy-coded stream plus the expected header, CRC
+    # and stream overhead (whole 32-bit words; ANS also flushes its state), so it matches the
+    # real mean payload size up to the variation of that overhead.
     real = np.mean([len(p) for p in codec.compress(CALIB)])
-    chunks = len(layer_groups(NUM_WS))
-    assert size * 0.98 - 4 * chunks <= real <= size * 1.02 + 4 * chunks
+    assert size * 0.98 - 4 <= real <= size * 1.02 + 4
 
 
 def test_auto_target_bytes_is_met_by_whole_payloads() -> None:

@@ -15,17 +15,19 @@ offset size         field
 .      1            ``num_ws`` (W+ layers, L)
 .      2            ``w_dim`` (D)
 .      ceil(L/2)    bits per layer, 4 bits each (value − 1), low nibble first
-.      1            number of chunks K (progressive layer groups, coarse → fine)
-.      K varints    byte length of each chunk
+.      1            number of streams K (1 in this version)
+.      K varints    byte length of each stream
 .      24           input transform, if flagged: rows 0 and 1 of the 3×3 matrix as six
                     float32 (row 2 is always 0, 0, 1)
-.      Σ lengths    chunks: each an independent entropy-coded stream (sequence of 32-bit
-                    words) holding the quantization indices of its layers, then the raw
-                    values of any escaped indices
+.      Σ lengths    the entropy-coded stream (a sequence of 32-bit words). It holds the layer
+                    groups coarse → fine (the codec model fixes the groups: by default the
+                    guide's four); within a group the quantization indices of runs of values
+                    that share a prior, then the raw values of any escaped indices
 end−4  4            CRC-32 of every byte before it
 ====== ============ =====================================================================
 
-Chunks let a reader decode only the coarse layers (a preview) without touching the rest.
+Because groups are decoded in order, a reader can stop after the coarse groups (a progressive
+preview) without decoding the rest.
 """
 
 from __future__ import annotations

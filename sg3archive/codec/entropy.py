@@ -71,45 +71,58 @@ def _symbols(k: np.ndarray, layout: ChunkLayout) -> tuple[np.ndarray, np.ndarray
     return idx, escaped, zigzag.astype(np.int32)
 
 
-def encode_chunks(k: np.ndarray, layouts: list[ChunkLayout], models: TableModels, coder: str) -> list[list[bytes]]:
-    """Code ``k [N, L·D]`` (int64 symbols); returns per image the bytes of each chunk."""
-    out: list[list[bytes]] = [[] for _ in range(k.shape[0])]
-    for layout in layouts:
-        idx, escaped, zigzag = _symbols(k, layout)
-        for i in range(k.shape[0]):
-            esc = zigzag[i][escaped[i]]
-            if coder == "ans":
-                enc = constriction.stream.stack.AnsCoder()
+def encode_stream(k: np.ndarray, layouts: list[ChunkLayout], models: TableModels, coder: str) -> list[bytes]:
+    """Code ``k [N, L·D]`` (int64 symbols) into one stream per image.
+
+    Layer groups follow each other coarse → fine, each group's runs then its escaped values, so
+    a decoder can stop after any group (progressive decoding).
+    """
+    parts = [_symbols(k, layout) for layout in layouts]
+    out = []
+    for i in range(k.shape[0]):
+        if coder == "ans":
+            enc = constriction.stream.stack.AnsCoder()  # a stack: encode in reverse decoding order
+            for layout, (idx, escaped, zigzag) in zip(reversed(layouts), reversed(parts)):
+                esc = zigzag[i][escaped[i]]
                 if esc.size:
                     enc.encode_reverse(esc, _UNIFORM)
                 for c, start, end in reversed(layout.runs):
                     enc.encode_reverse(idx[i, start:end], models[c])
-            else:
-                enc = constriction.stream.queue.RangeEncoder()
+        else:
+            enc = constriction.stream.queue.RangeEncoder()
+            for layout, (idx, escaped, zigzag) in zip(layouts, parts):
                 for c, start, end in layout.runs:
                     enc.encode(idx[i, start:end], models[c])
+                esc = zigzag[i][escaped[i]]
                 if esc.size:
                     enc.encode(esc, _UNIFORM)
-            out[i].append(enc.get_compressed().astype("<u4").tobytes())
+        out.append(enc.get_compressed().astype("<u4").tobytes())
     return out
 
 
-def decode_chunk(data: bytes, layout: ChunkLayout, models: TableModels, coder: str) -> np.ndarray:
-    """Symbols ``[P]`` (int64, in layout order) of one chunk of one image."""
+def decode_stream(data: bytes, layouts: list[ChunkLayout], models: TableModels, coder: str,
+                  whole: bool) -> list[np.ndarray]:
+    """Symbols of the first ``len(layouts)`` layer groups of one image's stream (layout order).
+
+    ``whole``: these are all the groups, so an ANS stream must be used up exactly.
+    """
     words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+    out = []
     try:
         dec = constriction.stream.stack.AnsCoder(words) if coder == "ans" else constriction.stream.queue.RangeDecoder(words)
-        idx = np.empty(len(layout.positions), dtype=np.int64)
-        for c, start, end in layout.runs:
-            idx[start:end] = dec.decode(models[c], end - start)
-        escaped = idx == 2 * layout.half + 1
-        values = idx - layout.half
-        count = int(escaped.sum())
-        if count:
-            zigzag = dec.decode(_UNIFORM, count).astype(np.int64)
-            values[escaped] = np.where(zigzag % 2 == 0, zigzag // 2, -(zigzag + 1) // 2)
+        for layout in layouts:
+            idx = np.empty(len(layout.positions), dtype=np.int64)
+            for c, start, end in layout.runs:
+                idx[start:end] = dec.decode(models[c], end - start)
+            escaped = idx == 2 * layout.half + 1
+            values = idx - layout.half
+            count = int(escaped.sum())
+            if count:
+                zigzag = dec.decode(_UNIFORM, count).astype(np.int64)
+                values[escaped] = np.where(zigzag % 2 == 0, zigzag // 2, -(zigzag + 1) // 2)
+            out.append(values)
     except Exception as exc:  # constriction raises its own error types on inconsistent data
-        raise PayloadError(f"payload chunk could not be decoded ({exc}); the payload is corrupted") from None
-    if coder == "ans" and not dec.is_empty():
-        raise PayloadError("payload chunk has data left over after decoding; the payload is corrupted")
-    return values
+        raise PayloadError(f"payload stream could not be decoded ({exc}); the payload is corrupted") from None
+    if whole and coder == "ans" and not dec.is_empty():
+        raise PayloadError("payload stream has data left over after decoding; the payload is corrupted")
+    return out

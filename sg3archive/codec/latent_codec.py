@@ -16,9 +16,10 @@ import torch
 
 from sg3archive.codec import bitstream
 from sg3archive.codec import quantize as qz
-from sg3archive.codec.entropy import ChunkLayout, TableModels, chunk_layout, decode_chunk, encode_chunks
+from sg3archive.codec.entropy import ChunkLayout, TableModels, chunk_layout, decode_stream, encode_stream
 from sg3archive.codec.errors import CodecError, ModelMismatchError
 from sg3archive.codec.model import CodecModel, estimate, fit_model, load_model, save_model
+from sg3archive.codec.tables import SCALES, table_spec
 
 CODERS = {"ans": "ans", "range": "range", "arithmetic": "range"}  # arithmetic coding is served by the range coder
 
@@ -157,18 +158,17 @@ class LatentCodec:
             if not np.isfinite(t).all():
                 raise CodecError("transforms contain NaN or infinite values")
             tf = list(t)
-        k = qz.residuals(q, self.model.coef).reshape(n, -1)
+        k = qz.residuals(q, self.model.coef, self.model.reset, self.model.units).reshape(n, -1)
         try:
-            chunks = encode_chunks(k, self.layouts, self._models, self.coder)
+            streams = encode_stream(k, self.layouts, self._models, self.coder)
         except OverflowError as exc:
             raise CodecError(str(exc)) from None
         hash8 = bytes.fromhex(self.hash[:16])
         bits = tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
         return [
             bitstream.pack(
-                bitstream.PayloadHeader(self.coder, hash8, self.num_ws, self.w_dim, bits,
-                                        tuple(len(c) for c in chunks[i]), tf[i]),
-                chunks[i],
+                bitstream.PayloadHeader(self.coder, hash8, self.num_ws, self.w_dim, bits, (len(streams[i]),), tf[i]),
+                [streams[i]],
             )
             for i in range(n)
         ]
@@ -191,14 +191,15 @@ class LatentCodec:
                     f"payload {i} was made with codec model {header.model_hash.hex()}…, not this one ({self.hash[:16]}…); "
                     "load the codec model the archive was written with"
                 )
-            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, expected_bits) or len(chunks) != len(self.layouts):
+            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, expected_bits) or len(chunks) != 1:
                 raise ModelMismatchError(f"payload {i} does not fit this codec's shape or bit allocation")
-            for chunk, layout in zip(chunks, self.layouts):
-                if num_layers is not None and min(layout.layers) >= num_layers:
-                    continue
-                k[i, layout.positions] = decode_chunk(chunk, layout, self._models, header.coder)
+            needed = self.layouts if num_layers is None else [g for g in self.layouts if min(g.layers) < num_layers]
+            for layout, values in zip(needed, decode_stream(chunks[0], needed, self._models, header.coder,
+                                                            whole=len(needed) == len(self.layouts))):
+                k[i, layout.positions] = values
             transforms.append(header.transform)
-        q = qz.reconstruct_indices(k.reshape(n, layers, dims), self.model.coef, num_layers)
+        q = qz.reconstruct_indices(k.reshape(n, layers, dims), self.model.coef, self.model.reset, self.model.units,
+                                   num_layers)
         m = self.model
         ws = torch.from_numpy(qz.dequantize(q, m.centre, m.basis_int, m.mantissa, m.exponent))
         return DecodedLatents(ws, transforms)
@@ -232,14 +233,24 @@ class LatentCodec:
         dec = None if identity else torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
         steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
         coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
-        sigma = torch.as_tensor(np.maximum(m.sigma, 0.05), dtype=dt, device=dev)
+        spec = np.array([table_spec(int(t)) for t in m.classes.reshape(-1)], dtype=np.float64).reshape(*m.classes.shape, 3)
+        sigma1 = torch.as_tensor(SCALES[spec[..., 0].astype(int)], dtype=dt, device=dev)
+        sigma2 = torch.as_tensor(SCALES[spec[..., 1].astype(int)], dtype=dt, device=dev)
+        weight = torch.as_tensor(spec[..., 2], dtype=dt, device=dev)
         u = ((ws - centre) if identity else (ws - centre) @ enc) / steps  # in steps
         noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
         u_tilde = u + noise
+        # Prediction approximated by the previous layer (the codec uses the running mean since
+        # the last new style), in this layer's steps.
         residual = u_tilde.clone()
-        residual[:, 1:] = u_tilde[:, 1:] - coef[1:] * u_tilde[:, :-1]
-        normal = torch.distributions.Normal(torch.zeros((), device=dev, dtype=dt), sigma)
-        likelihood = (normal.cdf(residual + 0.5) - normal.cdf(residual - 0.5)).clamp_min(2.0**-24)
+        ratio = steps[:, :-1] / steps[:, 1:]
+        residual[:, 1:] = u_tilde[:, 1:] - coef[1:] * u_tilde[:, :-1] * ratio
+
+        def box(scale: torch.Tensor) -> torch.Tensor:
+            normal = torch.distributions.Normal(torch.zeros((), device=dev, dtype=dt), scale)
+            return normal.cdf(residual + 0.5) - normal.cdf(residual - 0.5)
+
+        likelihood = ((1 - weight) * box(sigma1) + weight * box(sigma2)).clamp_min(2.0**-24)
         bits = -torch.log2(likelihood).sum(dim=(1, 2))
         ws_tilde = (u_tilde * steps if identity else (u_tilde * steps) @ dec.T) + centre
         return ws_tilde, bits

@@ -23,7 +23,9 @@ import safetensors.numpy
 from sg3archive.codec import quantize as qz
 from sg3archive.codec.errors import CodecError
 from sg3archive.codec.profiles import PRESETS, layer_groups, resolve_bits
-from sg3archive.codec.tables import NUM_CLASSES, PRECISION, SCALES, TAIL_SIGMAS, frequency_table, half_width, scale_class
+from sg3archive.codec.tables import (
+    MIXTURE_WEIGHTS, NUM_CLASSES, PRECISION, SCALES, TAIL_SIGMAS, code_lengths, frequency_table, scale_class, table_id,
+)
 
 MODEL_FORMAT = "sg3archive.codec"
 MODEL_VERSION = 1
@@ -33,7 +35,8 @@ SPREAD_SIGMAS = 8.0  # "b bits" = 2**b levels across 8 standard deviations of th
 
 @dataclass(frozen=True, eq=False)
 class CodecModel:
-    """Frozen codec state. Arrays: centre [L, D] f64, basis_int [D, D] i64, coef/classes [L, D] i64,
+    """Frozen codec state. Arrays: centre [L, D] f64, basis_int [D, D] i64, coef [L, D] i64,
+    classes [L, D] i64 (each value's prior table id, see ``tables.table_id``),
     sigma [L, D] f64 (residual std in steps), mantissa/exponent [L] i64 (step = m·2**−e)."""
 
     num_ws: int
@@ -46,6 +49,7 @@ class CodecModel:
     mantissa: np.ndarray
     exponent: np.ndarray
     coef: np.ndarray
+    reset: np.ndarray
     classes: np.ndarray
     sigma: np.ndarray
     tables: dict[int, np.ndarray]
@@ -55,6 +59,11 @@ class CodecModel:
     def steps(self) -> np.ndarray:
         """Quantization step of each layer ``[L]`` in the decorrelated domain."""
         return self.mantissa * np.exp2(-self.exponent.astype(np.float64))
+
+    @property
+    def units(self) -> np.ndarray:
+        """Each layer's step in integer common units (see ``quantize.common_units``)."""
+        return qz.common_units(self.mantissa, self.exponent)
 
     @property
     def encode_matrix(self) -> np.ndarray | None:
@@ -82,6 +91,8 @@ class CodecModel:
             "table_precision": PRECISION,
             "num_classes": NUM_CLASSES,
             "tail_sigmas": TAIL_SIGMAS,
+            "prior": "gaussian-mixture-v1",
+            "predictor": "running-mean-v1",
             "pred_shift": qz.PRED_SHIFT,
             "basis_bits": qz.BASIS_BITS,
         }
@@ -89,7 +100,7 @@ class CodecModel:
     def arrays(self) -> dict[str, np.ndarray]:
         out = {
             "centre": self.centre, "mantissa": self.mantissa, "exponent": self.exponent,
-            "coef": self.coef, "classes": self.classes, "sigma": self.sigma,
+            "coef": self.coef, "reset": self.reset, "classes": self.classes, "sigma": self.sigma,
         }
         if self.basis_int is not None:
             out["basis_int"] = self.basis_int
@@ -117,18 +128,35 @@ def _steps_for(bits: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.array([m for m, _ in parts], dtype=np.int64), np.array([e for _, e in parts], dtype=np.int64)
 
 
-def _prediction(q: np.ndarray) -> np.ndarray:
-    """Least-squares fixed-point coefficients predicting each layer's indices from the previous layer's."""
-    coef = np.zeros(q.shape[1:], dtype=np.int64)
-    for layer in range(1, q.shape[1]):
-        prev, cur = q[:, layer - 1].astype(np.float64), q[:, layer].astype(np.float64)
-        den = (prev * prev).sum(axis=0)
-        c = np.divide((prev * cur).sum(axis=0), den, out=np.zeros_like(den), where=den > 0)
-        c_int = np.rint(np.clip(c, -64, 64) * (1 << qz.PRED_SHIFT)).astype(np.int64)
-        predicted = cur - qz.predictions(q[:, layer - 1], c_int)
-        worse = (predicted.astype(np.float64) ** 2).mean(axis=0) >= (cur**2).mean(axis=0)
-        coef[layer] = np.where(worse, 0, c_int)
-    return coef
+def _prediction(q: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(coef [L, D], reset [L])`` of the running-mean predictor, fitted on calibration indices.
+
+    A layer restarts the running mean when the sum of its absolute residuals exceeds ``reset``:
+    four times the typical sum under previous-layer prediction. Each value is predicted (coef 1)
+    unless predicting it from earlier layers does not help (coef 0).
+    """
+    n, layers, dims = q.shape
+    one = np.full((layers, dims), 1 << qz.PRED_SHIFT, dtype=np.int64)
+    one[0] = 0
+
+    def thresholds(coef: np.ndarray) -> np.ndarray:
+        scaled = q * units[None, :, None]
+        previous = np.rint(scaled[:, :-1] / units[None, 1:, None])  # previous layer in this layer's steps
+        step = (np.abs(q[:, 1:] - previous) * (coef[1:] != 0)).sum(axis=2)  # [N, L-1]
+        return np.concatenate([[0], 4 * np.median(step, axis=0) + dims]).astype(np.int64)
+
+    k_pred = qz.residuals(q, one, thresholds(one), units).astype(np.float64)
+
+    def robust_rms(x: np.ndarray) -> np.ndarray:
+        scale = np.sqrt((x**2).mean(axis=0))
+        for _ in range(3):
+            inlier = np.abs(x) <= 3 * scale + 1
+            scale = np.sqrt((x**2 * inlier).sum(axis=0) / np.maximum(inlier.sum(axis=0), 1))
+        return scale
+
+    coef = np.where(robust_rms(k_pred) < robust_rms(q.astype(np.float64)), one, 0)
+    coef[0] = 0
+    return coef, thresholds(coef)
 
 
 def _build(ws: np.ndarray, bits: np.ndarray, profile: str, groups: list[list[int]], centre: np.ndarray,
@@ -136,39 +164,68 @@ def _build(ws: np.ndarray, bits: np.ndarray, profile: str, groups: list[list[int
     mantissa, exponent = _steps_for(bits, u)
     steps = mantissa * np.exp2(-exponent.astype(np.float64))
     q = np.rint(u / steps[None, :, None]).astype(np.int64)
-    coef = _prediction(q)
-    k = qz.residuals(q, coef)
+    units = qz.common_units(mantissa, exponent)
+    coef, reset = _prediction(q, units)
+    k = qz.residuals(q, coef, reset, units)
     sigma = np.sqrt((k.astype(np.float64) ** 2).mean(axis=0))
-    classes = scale_class(sigma)
-    tables = {int(c): frequency_table(int(c)) for c in np.unique(classes)}
+    classes, tables = _choose_priors(k, sigma)
     return CodecModel(
         num_ws=ws.shape[1], w_dim=ws.shape[2], profile=profile, bits=tuple(float(b) for b in bits),
         groups=tuple(tuple(g) for g in groups), centre=centre, basis_int=basis_int, mantissa=mantissa,
-        exponent=exponent, coef=coef, classes=classes, sigma=sigma, tables=tables,
+        exponent=exponent, coef=coef, reset=reset, classes=classes, sigma=sigma, tables=tables,
     )
+
+
+def _choose_priors(k: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+    """Per value, the table (Gaussian or mixture) that codes the calibration symbols shortest.
+
+    Candidates: a Gaussian of the RMS scale, and mixtures of a narrow Gaussian (robust scale of
+    the bulk, from the median absolute value) with a wide one (RMS of the outliers).
+    """
+    k = k.astype(np.int64)
+    absk = np.abs(k).astype(np.float64)
+    narrow = sigma.copy()
+    for _ in range(4):  # RMS of the bulk: drop what lies far outside the current estimate
+        inlier = absk <= 3 * narrow + 1
+        narrow = np.sqrt((absk**2 * inlier).sum(axis=0) / np.maximum(inlier.sum(axis=0), 1))
+    outlier = ~inlier
+    count = outlier.sum(axis=0)
+    wide = np.sqrt(np.divide((absk**2 * outlier).sum(axis=0), count, out=(sigma**2).copy(), where=count > 0))
+    c_rms, c1, c2 = scale_class(sigma), scale_class(narrow), scale_class(np.maximum(wide, narrow))
+    make = np.vectorize(table_id)
+    candidates = [make(c_rms)]
+    for shift in (-1, 0, 1):
+        c1s = np.clip(c1 + shift, 0, NUM_CLASSES - 1)
+        candidates += [make(c1s, c2, i) for i in range(1, len(MIXTURE_WEIGHTS))]
+    tables: dict[int, np.ndarray] = {}
+    costs = np.empty((len(candidates),) + sigma.shape)
+    for j, ids in enumerate(candidates):
+        for tid in np.unique(ids):
+            tid = int(tid)
+            table = tables.setdefault(tid, frequency_table(tid))
+            mask = ids == tid
+            costs[j][mask] = code_lengths(tid, table, k[:, mask]).sum(axis=0)
+    chosen = np.take_along_axis(np.stack(candidates), costs.argmin(axis=0)[None], axis=0)[0]
+    return chosen, {tid: tables[tid] for tid in map(int, np.unique(chosen))}
 
 
 def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
     """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding);
     the bytes include the expected payload overhead."""
     q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
-    k = qz.residuals(q, model.coef)
+    k = qz.residuals(q, model.coef, model.reset, model.units)
     bits = 0.0
-    for c, table in model.tables.items():
-        sel = model.classes == c
-        a = half_width(c)
-        values = k[:, sel]
-        idx = np.where(np.abs(values) > a, 2 * a + 1, values + a)
-        bits += -np.log2(table[idx] / float(1 << PRECISION)).sum() + 24 * (np.abs(values) > a).sum()
+    for tid, table in model.tables.items():
+        bits += code_lengths(tid, table, k[:, model.classes == tid]).sum()
     ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
     return bits / 8 / len(ws) + payload_overhead(model), float(((ws_hat.astype(np.float64) - ws) ** 2).mean())
 
 
 def payload_overhead(model: CodecModel) -> float:
-    """Expected bytes of a payload beyond the coded information: header, CRC, and per chunk its
+    """Expected bytes of a payload beyond the coded information: header, CRC, the stream's
     length field, the coder's final state and padding to whole 32-bit words."""
-    header = 4 + 1 + 1 + 2 + 8 + 3 + (model.num_ws + 1) // 2 + 1 + 4
-    return header + len(model.groups) * (2 + 4 + 2)
+    header = 4 + 1 + 1 + 2 + 8 + 3 + (model.num_ws + 1) // 2 + 1 + 2 + 4
+    return header + 4 + 2  # the coder's final state, padding to whole words
 
 
 def fit_model(
@@ -267,7 +324,8 @@ def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
     if doc.get("format_version", 0) > MODEL_VERSION:
         raise CodecError(f"{url}: codec model format {doc['format_version']} is newer than this sg3archive reads; upgrade")
     for key, expected in (("table_precision", PRECISION), ("num_classes", NUM_CLASSES), ("tail_sigmas", TAIL_SIGMAS),
-                          ("pred_shift", qz.PRED_SHIFT), ("basis_bits", qz.BASIS_BITS)):
+                          ("pred_shift", qz.PRED_SHIFT), ("basis_bits", qz.BASIS_BITS), ("prior", "gaussian-mixture-v1"),
+                          ("predictor", "running-mean-v1")):
         if doc.get(key) != expected:
             raise CodecError(f"{url}: model was made with {key}={doc.get(key)}, this codec uses {expected}")
     try:
@@ -284,7 +342,8 @@ def _model_from(doc: dict, arrays: dict[str, np.ndarray]) -> CodecModel:
     return CodecModel(
         num_ws=doc["num_ws"], w_dim=doc["w_dim"], profile=doc["profile"], bits=tuple(doc["bits"]),
         groups=tuple(tuple(g) for g in doc["groups"]), centre=arrays["centre"], basis_int=arrays.get("basis_int"),
-        mantissa=arrays["mantissa"], exponent=arrays["exponent"], coef=arrays["coef"], classes=arrays["classes"],
+        mantissa=arrays["mantissa"], exponent=arrays["exponent"], coef=arrays["coef"], reset=arrays["reset"],
+        classes=arrays["classes"],
         sigma=arrays["sigma"], tables=tables, info=doc.get("info", {}),
     )
 

@@ -7,8 +7,9 @@ is integer arithmetic or exactly representable float64 arithmetic:
   here only moves which integer is chosen).
 * Each value is quantized on its own grid: ``q = round(u / Δ_l)``, so the reconstruction
   error is at most half a step whatever the prediction does.
-* What is transmitted is the index minus an integer prediction from the previous layer:
-  ``k_l = q_l − ((C_l · q_{l−1} + 2**(S−1)) >> S)`` with fixed-point coefficients ``C_l``.
+* What is transmitted is the index minus an integer prediction: the rounded mean of the indices
+  of the layers since the last "new style" (a layer whose residuals are large, as where style
+  mixing starts), weighted per value by a fixed-point coefficient (0 or 1·2**S).
 * The decoder rebuilds ``q`` with the same integer recursion and computes
   ``w = centre + 2**−(e_l+B) · ((q · m_l) @ basisᵀ)`` where ``Δ_l = m_l · 2**−e_l`` and the basis
   is stored as integers scaled by ``2**B``: every product and partial sum is an integer below
@@ -31,11 +32,6 @@ def step_parts(step: float) -> tuple[int, int]:
     return int(np.rint(step * 2.0**e)), e
 
 
-def predictions(q_prev: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Integer prediction of the next layer's indices (int64 in, int64 out)."""
-    return (coef * q_prev + (1 << (PRED_SHIFT - 1))) >> PRED_SHIFT
-
-
 def indices(ws: np.ndarray, centre: np.ndarray, encode_matrix: np.ndarray | None, steps: np.ndarray) -> np.ndarray:
     """Quantization indices ``q [N, L, D]`` (int64) of ``ws [N, L, D]`` (no basis: W's own axes)."""
     u = ws.astype(np.float64) - centre
@@ -47,23 +43,52 @@ def indices(ws: np.ndarray, centre: np.ndarray, encode_matrix: np.ndarray | None
     return q.astype(np.int64)
 
 
-def residuals(q: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """Transmitted symbols ``k [N, L, D]``: each layer's indices minus their prediction."""
+def common_units(mantissa: np.ndarray, exponent: np.ndarray) -> np.ndarray:
+    """Each layer's step as an integer multiple of the finest power of two among the steps, so
+    indices of layers with different steps can be summed exactly."""
+    return mantissa.astype(np.int64) << (exponent.max() - exponent).astype(np.int64)
+
+
+def _mean_prediction(total: np.ndarray, count: np.ndarray, coef: np.ndarray, unit: int) -> np.ndarray:
+    """``round(coef · total / (count · unit))`` in exact integer arithmetic (coef in fixed point)."""
+    den = count * unit
+    return (2 * coef * total + (den << PRED_SHIFT)) // (den << (PRED_SHIFT + 1))
+
+
+def _advance(total: np.ndarray, count: np.ndarray, q: np.ndarray, k: np.ndarray, coef: np.ndarray,
+             reset: int, unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Running sum (in common units) and count of the layers since the last reset; a layer whose
+    predicted values have large residuals (a new style starts) restarts the run."""
+    new_style = (np.abs(k) * (coef != 0)).sum(axis=1, keepdims=True) > reset
+    return np.where(new_style, q * unit, total + q * unit), np.where(new_style, 1, count + 1)
+
+
+def residuals(q: np.ndarray, coef: np.ndarray, reset: np.ndarray, units: np.ndarray) -> np.ndarray:
+    """Transmitted symbols ``k [N, L, D]``: each layer's indices minus their prediction, the
+    (fixed-point weighted) mean of the layers since the last new style."""
     k = q.copy()
-    k[:, 1:] -= predictions(q[:, :-1], coef[None, 1:])
+    total, count = q[:, 0] * units[0], np.ones((len(q), 1), dtype=np.int64)
+    for layer in range(1, q.shape[1]):
+        unit = int(units[layer])
+        k[:, layer] -= _mean_prediction(total, count, coef[layer], unit)
+        total, count = _advance(total, count, q[:, layer], k[:, layer], coef[layer], int(reset[layer]), unit)
     return k
 
 
-def reconstruct_indices(k: np.ndarray, coef: np.ndarray, num_coded: int | None = None) -> np.ndarray:
+def reconstruct_indices(k: np.ndarray, coef: np.ndarray, reset: np.ndarray, units: np.ndarray,
+                        num_coded: int | None = None) -> np.ndarray:
     """Inverse of :func:`residuals`; layers from ``num_coded`` on are prediction only (k ignored)."""
     n, layers, dims = k.shape
-    q = np.empty_like(k)
     num_coded = layers if num_coded is None else num_coded
-    q[:, 0] = k[:, 0] if num_coded > 0 else 0
+    k = k.copy()
+    k[:, num_coded:] = 0
+    q = np.empty_like(k)
+    q[:, 0] = k[:, 0]
+    total, count = q[:, 0] * units[0], np.ones((n, 1), dtype=np.int64)
     for layer in range(1, layers):
-        q[:, layer] = predictions(q[:, layer - 1], coef[layer])
-        if layer < num_coded:
-            q[:, layer] += k[:, layer]
+        unit = int(units[layer])
+        q[:, layer] = _mean_prediction(total, count, coef[layer], unit) + k[:, layer]
+        total, count = _advance(total, count, q[:, layer], k[:, layer], coef[layer], int(reset[layer]), unit)
     return q
 
 

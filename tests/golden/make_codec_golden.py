@@ -38,7 +38,7 @@ from sg3archive.codec import LatentCodec  # noqa: E402
 from sg3archive.codec.bitstream import FORMAT_VERSION  # noqa: E402
 
 NUM_WS = 16
-MAX_DIR_BYTES = 200_000
+MAX_DIR_BYTES = 1_000_000
 
 # name: (seed, w_dim, fit keyword arguments, images that carry an input transform)
 SETTINGS: dict[str, tuple[int, int, dict, tuple[int, ...]]] = {
