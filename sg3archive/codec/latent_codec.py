@@ -61,12 +61,15 @@ class LatentCodec:
         decorrelate: bool = True,
         target_mse: float | None = None,
         target_bytes: float | None = None,
+        layer_weights: Sequence[float] | None = None,
     ) -> "LatentCodec":
         """Fit on calibration codes ``ws_calib [M, num_ws, w_dim]`` (from the encoder or the mapping network).
 
         ``profile``: a preset (``high_quality``, ``balanced``, ``high_compression``), an int (the
         same bits for every layer), a list of bits per layer, or ``"auto"`` with ``target_mse``
-        (W-space mean squared error) or ``target_bytes`` (per image).
+        (W-space mean squared error) or ``target_bytes`` (per image), optionally with
+        ``layer_weights`` (the cost of an error in each layer, e.g. from
+        ``sg3archive.networks.sensitivity.layer_sensitivity``).
         """
         if coder not in CODERS:
             raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
@@ -74,7 +77,8 @@ class LatentCodec:
             raise CodecError(f"profile must be a preset name, 'auto', an int or a list of ints, not {profile!r}")
         try:
             model = fit_model(_as_numpy(ws_calib), profile, progressive=progressive, decorrelate=decorrelate,
-                              target_mse=target_mse, target_bytes=target_bytes)
+                              target_mse=target_mse, target_bytes=target_bytes,
+                              layer_weights=None if layer_weights is None else np.asarray(layer_weights, dtype=np.float64))
         except ValueError as exc:
             raise CodecError(str(exc)) from None
         model.info.update(calibration_count=int(len(ws_calib)), coder=CODERS[coder])

@@ -236,8 +236,15 @@ def fit_model(
     decorrelate: bool = True,
     target_mse: float | None = None,
     target_bytes: float | None = None,
+    layer_weights: np.ndarray | None = None,
 ) -> CodecModel:
-    """Fit a codec model on calibration codes ``ws [M, L, D]`` (float; M ≥ 2)."""
+    """Fit a codec model on calibration codes ``ws [M, L, D]`` (float; M ≥ 2).
+
+    ``layer_weights`` (``[L]``, with ``profile="auto"``): how much an error in each layer costs
+    (e.g. image MSE per unit of W error, see ``sg3archive.networks.sensitivity``). Steps then
+    scale as ``1/sqrt(weight)``, the allocation that minimizes the weighted error for a given
+    size; ``target_mse`` is then the weighted mean of the layers' MSE.
+    """
     ws = np.asarray(ws, dtype=np.float64)
     if ws.ndim != 3 or ws.shape[0] < 2:
         raise CodecError(f"calibration W+ must have shape [M >= 2, num_ws, w_dim], got {list(ws.shape)}")
@@ -258,8 +265,8 @@ def fit_model(
     groups = layer_groups(num_ws) if progressive else [list(range(num_ws))]
 
     if profile != "auto":
-        if target_mse is not None or target_bytes is not None:
-            raise CodecError("target_mse / target_bytes go with profile='auto'")
+        if target_mse is not None or target_bytes is not None or layer_weights is not None:
+            raise CodecError("target_mse / target_bytes / layer_weights go with profile='auto'")
         name, bits = resolve_bits(profile, num_ws)
         return _build(ws, np.array(bits, dtype=np.float64), name, groups, centre, basis_int, u)
 
@@ -267,8 +274,21 @@ def fit_model(
         raise CodecError("profile='auto' needs exactly one of target_mse (W-space MSE) or target_bytes (per image)")
     if (target_mse is not None and target_mse <= 0) or (target_bytes is not None and target_bytes <= 0):
         raise CodecError("auto targets must be positive")
-    _, shape = resolve_bits("balanced", num_ws)
-    shape = np.array(shape, dtype=np.float64)
+    if layer_weights is None:
+        _, shape = resolve_bits("balanced", num_ws)
+        shape = np.array(shape, dtype=np.float64)
+        weights = np.ones(num_ws)
+    else:
+        weights = np.asarray(layer_weights, dtype=np.float64).reshape(-1)
+        if weights.shape != (num_ws,) or not np.isfinite(weights).all() or (weights <= 0).any():
+            raise CodecError(f"layer_weights must be {num_ws} positive numbers")
+        shape = 8 + 0.5 * np.log2(weights / weights.mean())
+
+    def weighted_mse(model: CodecModel) -> float:
+        q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
+        ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
+        per_layer = ((ws_hat.astype(np.float64) - ws) ** 2).mean(axis=(0, 2))
+        return float((per_layer * weights).sum() / weights.sum())
 
     def build(offset: float) -> CodecModel:
         bits = np.clip(shape + offset, 1, 16)
@@ -277,7 +297,9 @@ def fit_model(
     lo, hi = -12.0, 8.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
     for _ in range(16):
         mid = (lo + hi) / 2
-        size, mse = estimate(build(mid), ws)
+        model = build(mid)
+        size = estimate(model, ws)[0]
+        mse = weighted_mse(model)
         meets = mse <= target_mse if target_mse is not None else size <= target_bytes
         # For a distortion target we want the fewest bits that meet it; for a size target the most.
         if target_mse is not None:
@@ -285,7 +307,7 @@ def fit_model(
         else:
             lo, hi = (mid, hi) if meets else (lo, mid)
     model = build(hi if target_mse is not None else lo)
-    size, mse = estimate(model, ws)
+    size, mse = estimate(model, ws)[0], weighted_mse(model)
     if target_mse is not None and mse > target_mse * 1.001:
         raise CodecError(f"target_mse={target_mse:g} is below what the finest allocation reaches ({mse:.3g}); "
                          "use a larger target or an explicit profile")
