@@ -14,7 +14,7 @@ For sources with synthesis, PSNR is that of G(w_hat) against G(w) on the first -
 images; the summary compares the fewest bytes/image each scheme needs to reach --target-db.
 Encode/decode speeds are single-threaded (torch and numpy's BLAS); synthesis uses all threads.
 
-    python benchmarks/codec_rd.py                       # all sources (about 6.5 min on 2 cores, 60% `default`)
+    python benchmarks/codec_rd.py                       # all sources (~15 min on 2 cores: synthesis, codec fits)
     python benchmarks/codec_rd.py --sources t64,map512 --quick
     python benchmarks/codec_rd.py --sources default --eval-images 16 --target-db 35
 """
