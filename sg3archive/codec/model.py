@@ -132,7 +132,7 @@ def _prediction(q: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarra
     """``(coef [L, D], reset [L])`` of the running-mean predictor, fitted on calibration indices.
 
     A layer restarts the running mean when the sum of its absolute residuals exceeds ``reset``:
-    four times the typical sum under previous-layer prediction. Each value is predicted (coef 1)
+    three times the typical sum under previous-layer prediction, plus 4. Each value is predicted (coef 1)
     unless predicting it from earlier layers does not help (coef 0).
     """
     n, layers, dims = q.shape
@@ -143,7 +143,7 @@ def _prediction(q: np.ndarray, units: np.ndarray) -> tuple[np.ndarray, np.ndarra
         scaled = q * units[None, :, None]
         previous = np.rint(scaled[:, :-1] / units[None, 1:, None])  # previous layer in this layer's steps
         step = (np.abs(q[:, 1:] - previous) * (coef[1:] != 0)).sum(axis=2)  # [N, L-1]
-        return np.concatenate([[0], 4 * np.median(step, axis=0) + dims]).astype(np.int64)
+        return np.concatenate([[0], 3 * np.median(step, axis=0) + 4]).astype(np.int64)
 
     k_pred = qz.residuals(q, one, thresholds(one), units).astype(np.float64)
 
