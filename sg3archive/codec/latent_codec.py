@@ -48,6 +48,7 @@ class LatentCodec:
         self.coder = CODERS[coder]
         self._models = TableModels(model.tables)
         self._layouts: list[ChunkLayout] | None = None
+        self._priors: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -125,6 +126,11 @@ class LatentCodec:
             self._layouts = [chunk_layout(list(g), self.model.classes) for g in self.model.groups]
         return self._layouts
 
+    @property
+    def _header_bits(self) -> tuple[int, ...]:
+        """The bit allocation as payload headers record it (whole bits, 1..16)."""
+        return tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
+
     def _check_ws(self, ws: np.ndarray) -> None:
         expected = (self.num_ws, self.w_dim)
         if ws.ndim != 3 or ws.shape[1:] != expected:
@@ -168,7 +174,7 @@ class LatentCodec:
         except OverflowError as exc:
             raise CodecError(str(exc)) from None
         hash8 = bytes.fromhex(self.hash[:16])
-        bits = tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
+        bits = self._header_bits
         return [
             bitstream.pack(
                 bitstream.PayloadHeader(self.coder, hash8, self.num_ws, self.w_dim, bits, (len(streams[i]),), tf[i]),
@@ -187,7 +193,6 @@ class LatentCodec:
         n, layers, dims = len(payloads), self.num_ws, self.w_dim
         k = np.zeros((n, layers * dims), dtype=np.int64)
         transforms: list[np.ndarray | None] = []
-        expected_bits = tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
         for i, payload in enumerate(payloads):
             header, chunks = bitstream.unpack(payload)
             if header.model_hash.hex() != self.hash[:16]:
@@ -195,7 +200,7 @@ class LatentCodec:
                     f"payload {i} was made with codec model {header.model_hash.hex()}…, not this one ({self.hash[:16]}…); "
                     "load the codec model the archive was written with"
                 )
-            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, expected_bits) or len(chunks) != 1:
+            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, self._header_bits) or len(chunks) != 1:
                 raise ModelMismatchError(f"payload {i} does not fit this codec's shape or bit allocation")
             needed = self.layouts if num_layers is None else [g for g in self.layouts if min(g.layers) < num_layers]
             for layout, values in zip(needed, decode_stream(chunks[0], needed, self._models, header.coder,
@@ -219,6 +224,15 @@ class LatentCodec:
         return estimate(self.model, ws)
 
     # -- training -----------------------------------------------------------------------------
+    @property
+    def _prior_parameters(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per value ``[L, D]``: narrow and wide standard deviations (steps) and mixture weight."""
+        if self._priors is None:
+            spec = np.array([table_spec(int(t)) for t in self.model.classes.reshape(-1)], dtype=np.float64)
+            spec = spec.reshape(*self.model.classes.shape, 3)
+            self._priors = (SCALES[spec[..., 0].astype(int)], SCALES[spec[..., 1].astype(int)], spec[..., 2])
+        return self._priors
+
     def noisy(self, ws: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable training proxy: ``(ws_tilde, bits [N])``.
 
@@ -237,10 +251,7 @@ class LatentCodec:
         dec = None if identity else torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
         steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
         coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
-        spec = np.array([table_spec(int(t)) for t in m.classes.reshape(-1)], dtype=np.float64).reshape(*m.classes.shape, 3)
-        sigma1 = torch.as_tensor(SCALES[spec[..., 0].astype(int)], dtype=dt, device=dev)
-        sigma2 = torch.as_tensor(SCALES[spec[..., 1].astype(int)], dtype=dt, device=dev)
-        weight = torch.as_tensor(spec[..., 2], dtype=dt, device=dev)
+        sigma1, sigma2, weight = (torch.as_tensor(a, dtype=dt, device=dev) for a in self._prior_parameters)
         u = ((ws - centre) if identity else (ws - centre) @ enc) / steps  # in steps
         noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
         u_tilde = u + noise

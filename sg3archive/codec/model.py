@@ -209,16 +209,23 @@ def _choose_priors(k: np.ndarray, sigma: np.ndarray) -> tuple[np.ndarray, dict[i
     return chosen, {tid: tables[tid] for tid in map(int, np.unique(chosen))}
 
 
-def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
-    """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding);
-    the bytes include the expected payload overhead."""
+def _evaluate(model: CodecModel, ws: np.ndarray) -> tuple[float, np.ndarray]:
+    """``(bytes per image, MSE of each layer [L])`` of ``model`` on ``ws`` from its own tables."""
     q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
     k = qz.residuals(q, model.coef, model.reset, model.units)
     bits = 0.0
     for tid, table in model.tables.items():
         bits += code_lengths(tid, table, k[:, model.classes == tid]).sum()
     ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
-    return bits / 8 / len(ws) + payload_overhead(model), float(((ws_hat.astype(np.float64) - ws) ** 2).mean())
+    per_layer = ((ws_hat.astype(np.float64) - ws) ** 2).mean(axis=(0, 2))
+    return bits / 8 / len(ws) + payload_overhead(model), per_layer
+
+
+def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
+    """``(bytes per image, W-space MSE)`` of ``model`` on ``ws`` from its own tables (no coding);
+    the bytes include the expected payload overhead."""
+    size, per_layer = _evaluate(model, ws)
+    return size, float(per_layer.mean())
 
 
 def payload_overhead(model: CodecModel) -> float:
@@ -284,11 +291,10 @@ def fit_model(
             raise CodecError(f"layer_weights must be {num_ws} positive numbers")
         shape = 8 + 0.5 * np.log2(weights / weights.mean())
 
-    def weighted_mse(model: CodecModel) -> float:
-        q = qz.indices(ws, model.centre, model.encode_matrix, model.steps)
-        ws_hat = qz.dequantize(q, model.centre, model.basis_int, model.mantissa, model.exponent)
-        per_layer = ((ws_hat.astype(np.float64) - ws) ** 2).mean(axis=(0, 2))
-        return float((per_layer * weights).sum() / weights.sum())
+    def evaluate(model: CodecModel) -> tuple[float, float]:
+        """(bytes per image, MSE weighted by layer)."""
+        size, per_layer = _evaluate(model, ws)
+        return size, float((per_layer * weights).sum() / weights.sum())
 
     def build(offset: float) -> CodecModel:
         bits = np.clip(shape + offset, 1, 16)
@@ -297,9 +303,7 @@ def fit_model(
     lo, hi = -12.0, 8.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
     for _ in range(16):
         mid = (lo + hi) / 2
-        model = build(mid)
-        size = estimate(model, ws)[0]
-        mse = weighted_mse(model)
+        size, mse = evaluate(build(mid))
         meets = mse <= target_mse if target_mse is not None else size <= target_bytes
         # For a distortion target we want the fewest bits that meet it; for a size target the most.
         if target_mse is not None:
@@ -307,7 +311,7 @@ def fit_model(
         else:
             lo, hi = (mid, hi) if meets else (lo, mid)
     model = build(hi if target_mse is not None else lo)
-    size, mse = estimate(model, ws)[0], weighted_mse(model)
+    size, mse = evaluate(model)
     if target_mse is not None and mse > target_mse * 1.001:
         raise CodecError(f"target_mse={target_mse:g} is below what the finest allocation reaches ({mse:.3g}); "
                          "use a larger target or an explicit profile")
