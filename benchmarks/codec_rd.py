@@ -41,6 +41,7 @@ import sg3archive  # noqa: E402
 from sg3archive.assets import default_network_url  # noqa: E402
 from sg3archive.codec import LatentCodec  # noqa: E402
 from sg3archive.networks.generator import MappingNetwork  # noqa: E402
+from sg3archive.networks.sensitivity import layer_sensitivity  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sg3_reference"
 PSI = 0.7
@@ -62,6 +63,7 @@ class Source:
     w_dim: int
     mapping: Callable[[torch.Tensor], torch.Tensor]  # z [N, z_dim] -> ws [N, num_ws, w_dim] at psi 0.7
     synthesis: Callable[[torch.Tensor], torch.Tensor] | None  # ws -> images [N, 3, R, R], or None
+    generator: object | None = None  # the Generator, for layer sensitivities
 
 
 @dataclass
@@ -108,7 +110,7 @@ def load_source(name: str) -> Source:
         kind = {"t64": "fixture stylegan3-t", "r64": "fixture stylegan3-r", "default": "bundled default network"}[name]
         res = G.img_resolution
         return Source(name, f"{kind}, W+ {G.num_ws}x{G.w_dim}, images {res}x{res}", G.z_dim, G.num_ws, G.w_dim,
-                      lambda z: G.mapping(z, None, truncation_psi=PSI), G.synthesis)
+                      lambda z: G.mapping(z, None, truncation_psi=PSI), G.synthesis, G)
     if name == "map512":
         torch.manual_seed(0)
         M = MappingNetwork(z_dim=512, c_dim=0, w_dim=512, num_ws=16, num_layers=2)
@@ -350,6 +352,14 @@ def run_source(src: Source, args: argparse.Namespace, report: Report) -> None:
         ours_rows.append(ours_row(label, {"profile": "auto", "target_mse": t}, calib, test, evaluate,
                                   report.notes, src.name, codecs))
         print_row(ours_rows[-1], dims)
+    if src.generator is not None:
+        # Bit allocation weighted by how strongly each layer moves the image (measured on calibration W+).
+        weights = layer_sensitivity(src.generator, calib[:64])
+        for t in targets:
+            label = f"auto+sens mse<={t:.2e}"
+            ours_rows.append(ours_row(label, {"profile": "auto", "target_mse": t, "layer_weights": weights},
+                                      calib, test, evaluate, report.notes, src.name, codecs))
+            print_row(ours_rows[-1], dims)
 
     if src.synthesis is not None:
         summarize_quality(src, args, guide_rows, ours_rows, below, report)
@@ -496,6 +506,8 @@ def main() -> None:
         "ours: LatentCodec.fit(calibration ws, profile=..., coder='ans'); 'uniform b' = profile b, presets by name, "
         "'auto mse<=X' = profile='auto', target_mse=X (for rendered sources X = 2, 1, 0.5 x the guide's latent MSE "
         "at its fewest bits; for map512 X = the guide's MSE at the bits the other sources needed, else 8 bits). "
+        "'auto+sens mse<=X' = the same with layer_weights = sg3archive.networks.sensitivity.layer_sensitivity(G, "
+        "64 calibration ws): X is then the sensitivity-weighted mean of the layers' MSE. "
         "'layer bits' = bits of the first..last layer.",
         "bytes/img = mean payload length (whole payload incl. header; zlib stream for the guide); "
         "bits/dim = 8 x bytes / (num_ws x w_dim); latent MSE over all test images and values.",

@@ -91,12 +91,11 @@ def fitted(profile_key: str, coder: str = "ans") -> LatentCodec:
     return LatentCodec.fit(CALIB, coder=coder, **PROFILES[profile_key])
 
 
-def header_bits(codec: LatentCodec) -> list[int]:
-    """The whole bits per layer a payload records (the model's bits rounded into 1..16)."""
-    return [int(min(16, max(1, round(b)))) for b in codec.bits]
+# -- the documented payload layout (bitstream.py docstring, format version 2) ---------------------
+PROFILE_CODES = {"high_quality": 1, "balanced": 2, "high_compression": 3,
+                 **{f"uniform{b}": 0x10 + b for b in range(1, 17)}}
 
 
-# -- the documented payload layout (bitstream.py docstring, format version 1) ---------------------
 def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
     value = shift = 0
     while True:
@@ -110,34 +109,26 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 
 def parse_payload(data: bytes) -> dict:
     """Parse a payload by the layout table written in ``sg3archive/codec/bitstream.py``."""
-    out: dict = {"magic": data[:4], "version": data[4], "flags": data[5]}
-    out["length"], pos = _read_varint(data, 6)
+    out: dict = {"magic": data[:2], "version": data[2] >> 4, "flags": data[2] & 0xF}
+    out["length"], pos = _read_varint(data, 3)
     out["hash_pos"] = pos
-    out["hash8"] = data[pos : pos + 8]
-    out["num_ws"] = data[pos + 8]
-    (out["w_dim"],) = struct.unpack_from("<H", data, pos + 9)
-    pos += 11
-    out["bits"] = [((data[pos + i // 2] >> (4 * (i % 2))) & 0xF) + 1 for i in range(out["num_ws"])]
-    pos += (out["num_ws"] + 1) // 2
-    num_chunks = data[pos]
-    pos += 1
-    lengths = []
-    for _ in range(num_chunks):
-        n, pos = _read_varint(data, pos)
-        lengths.append(n)
-    out["chunk_lengths"] = lengths
+    out["hash4"] = data[pos : pos + 4]
+    out["num_ws"] = data[pos + 4]
+    out["profile_code"] = data[pos + 5]
+    pos += 6
     out["transform_rows"] = None
     if out["flags"] & 2:
         out["transform_rows"] = np.frombuffer(data[pos : pos + 24], dtype="<f4").reshape(2, 3)
         pos += 24
-    out["chunks_start"] = pos
+    out["stream_start"] = pos
+    out["stream_length"] = len(data) - 4 - pos
     (out["crc"],) = struct.unpack("<I", data[-4:])
     return out
 
 
 def coded_bytes(payload: bytes) -> int:
-    """Bytes of entropy-coded data in a payload (its chunks; no header, no CRC)."""
-    return sum(parse_payload(payload)["chunk_lengths"])
+    """Bytes of entropy-coded data in a payload (its stream; no header, no CRC)."""
+    return parse_payload(payload)["stream_length"]
 
 
 def forge(payload: bytes, pos: int, value: int) -> bytes:
@@ -311,17 +302,16 @@ def test_payload_follows_the_documented_layout(profile_key: str, coder: str, wit
         tf = np.concatenate([rng.normal(size=(3, 2, 3)), np.tile([[[0.0, 0.0, 1.0]]], (3, 1, 1))], axis=1)
     for payload in codec.compress(TEST_WS[:3], transforms=tf):
         h = parse_payload(payload)
-        assert h["magic"] == b"SG3W" and h["version"] == 1
+        assert h["magic"] == b"W+" and h["version"] == 2
         assert h["flags"] & 1 == (1 if coder == "range" else 0)
         assert bool(h["flags"] & 2) == with_transform
         assert h["flags"] & ~3 == 0
         assert h["length"] == len(payload)
-        assert h["hash8"] == bytes.fromhex(codec.hash[:16])
-        assert (h["num_ws"], h["w_dim"]) == (NUM_WS, W_DIM)
-        assert h["bits"] == header_bits(codec)
-        assert len(h["chunk_lengths"]) == 1  # one entropy-coded stream holding every layer group
-        assert all(n % 4 == 0 for n in h["chunk_lengths"])  # 32-bit words
-        assert h["chunks_start"] + sum(h["chunk_lengths"]) + 4 == len(payload)
+        assert h["hash4"] == bytes.fromhex(codec.hash[:8])
+        assert h["num_ws"] == NUM_WS
+        assert h["profile_code"] == PROFILE_CODES.get(codec.model.profile, 0)
+        # one stream of 32-bit words, less the zero bytes at the end of its last word
+        assert h["stream_length"] > 0 and payload[h["stream_start"] + h["stream_length"] - 1] != 0
         assert h["crc"] == zlib.crc32(payload[:-4])
     if with_transform:
         h = parse_payload(codec.compress(TEST_WS[:1], transforms=tf[:1])[0])
@@ -564,19 +554,18 @@ def test_forged_headers_with_valid_checksums() -> None:
     codec = fitted("balanced")
     payload = codec.compress(TEST_WS[:1])[0]
     h = parse_payload(payload)
-    hash_pos = h["hash_pos"]  # after magic (4), version (1), flags (1) and the length varint
-    assert hash_pos == 8 and len(payload) > 127  # a 2-byte varint
+    hash_pos = h["hash_pos"]  # after magic (2), version/flags (1) and the length varint
+    assert hash_pos == 5 and len(payload) > 127  # a 2-byte varint
     with pytest.raises(PayloadError, match="version"):
-        codec.decompress([forge(payload, 4, 2)])
+        codec.decompress([forge(payload, 2, (1 << 4) | (payload[2] & 0xF))])
     with pytest.raises(PayloadError, match="flags"):
-        codec.decompress([forge(payload, 5, payload[5] | 0x80)])
+        codec.decompress([forge(payload, 2, payload[2] | 0x8)])
     with pytest.raises(ModelMismatchError):
         codec.decompress([forge(payload, hash_pos, payload[hash_pos] ^ 0x01)])
-    bits_pos = hash_pos + 8 + 3
     with pytest.raises(ModelMismatchError):  # a different bit allocation
-        codec.decompress([forge(payload, bits_pos, payload[bits_pos] ^ 0x01)])
+        codec.decompress([forge(payload, hash_pos + 5, payload[hash_pos + 5] ^ 0x01)])
     with pytest.raises(CodecError):  # a different num_ws
-        codec.decompress([forge(payload, hash_pos + 8, NUM_WS - 1)])
+        codec.decompress([forge(payload, hash_pos + 4, NUM_WS - 1)])
 
 
 @pytest.mark.parametrize("coder", ["ans", "range"])
@@ -585,7 +574,7 @@ def test_forged_chunk_bytes_never_crash(coder: str) -> None:
     must still end in a CodecError or a well-formed latent, never another exception."""
     codec = fitted("balanced", coder)
     payload = codec.compress(TEST_WS[:1])[0]
-    start = parse_payload(payload)["chunks_start"]
+    start = parse_payload(payload)["stream_start"]
     rng = np.random.RandomState(0)
     for pos in range(start, len(payload) - 4):
         forged = forge(payload, pos, int(rng.randint(256)))
@@ -794,7 +783,7 @@ def test_bits_at_the_limits_are_accepted() -> None:
         codec = LatentCodec.fit(CALIB[:64], bits)
         payloads = codec.compress(TEST_WS[:4])
         assert torch.equal(codec.decompress(payloads), codec.quantize(TEST_WS[:4]))
-        assert parse_payload(payloads[0])["bits"] == [bits] * NUM_WS
+        assert parse_payload(payloads[0])["profile_code"] == 0x10 + bits
 
 
 @pytest.mark.parametrize("profile", [8.0, None], ids=repr)

@@ -67,13 +67,13 @@ def test_golden_model_hash(golden: Golden) -> None:
     doc = json.loads((golden.path / "codec.json").read_text())
     assert golden.codec.hash == golden.model_hash == doc["hash"]
     for payload in golden.payloads:
-        # Layout (bitstream.py): magic, version, flags, varint length, then the model hash's first 8 bytes.
-        assert payload[:4] == b"SG3W" and payload[4] == golden.format_version
-        pos = 6
+        # Layout (bitstream.py): magic, version/flags, varint length, then the model hash's first 4 bytes.
+        assert payload[:2] == b"W+" and payload[2] >> 4 == golden.format_version
+        pos = 3
         while payload[pos] & 0x80:
             pos += 1
         pos += 1
-        assert payload[pos : pos + 8] == bytes.fromhex(golden.codec.hash[:16])
+        assert payload[pos : pos + 4] == bytes.fromhex(golden.codec.hash[:8])
         assert int.from_bytes(payload[-4:], "little") == zlib.crc32(payload[:-4])
 
 

@@ -127,9 +127,9 @@ class LatentCodec:
         return self._layouts
 
     @property
-    def _header_bits(self) -> tuple[int, ...]:
-        """The bit allocation as payload headers record it (whole bits, 1..16)."""
-        return tuple(int(min(16, max(1, round(b)))) for b in self.model.bits)
+    def _profile_code(self) -> int:
+        """The profile code payload headers record (see ``bitstream``)."""
+        return bitstream.profile_code(self.model.profile)
 
     def _check_ws(self, ws: np.ndarray) -> None:
         expected = (self.num_ws, self.w_dim)
@@ -173,13 +173,10 @@ class LatentCodec:
             streams = encode_stream(k, self.layouts, self._models, self.coder)
         except OverflowError as exc:
             raise CodecError(str(exc)) from None
-        hash8 = bytes.fromhex(self.hash[:16])
-        bits = self._header_bits
+        tag = bytes.fromhex(self.hash)[: bitstream.HASH_BYTES]
+        code = self._profile_code
         return [
-            bitstream.pack(
-                bitstream.PayloadHeader(self.coder, hash8, self.num_ws, self.w_dim, bits, (len(streams[i]),), tf[i]),
-                [streams[i]],
-            )
+            bitstream.pack(bitstream.PayloadHeader(self.coder, tag, self.num_ws, code, tf[i]), streams[i])
             for i in range(n)
         ]
 
@@ -193,17 +190,18 @@ class LatentCodec:
         n, layers, dims = len(payloads), self.num_ws, self.w_dim
         k = np.zeros((n, layers * dims), dtype=np.int64)
         transforms: list[np.ndarray | None] = []
+        tag = self.hash[: 2 * bitstream.HASH_BYTES]
+        needed = self.layouts if num_layers is None else [g for g in self.layouts if min(g.layers) < num_layers]
         for i, payload in enumerate(payloads):
-            header, chunks = bitstream.unpack(payload)
-            if header.model_hash.hex() != self.hash[:16]:
+            header, stream = bitstream.unpack(payload)
+            if header.model_hash.hex() != tag:
                 raise ModelMismatchError(
-                    f"payload {i} was made with codec model {header.model_hash.hex()}…, not this one ({self.hash[:16]}…); "
+                    f"payload {i} was made with codec model {header.model_hash.hex()}…, not this one ({tag}…); "
                     "load the codec model the archive was written with"
                 )
-            if (header.num_ws, header.w_dim, header.bits) != (layers, dims, self._header_bits) or len(chunks) != 1:
-                raise ModelMismatchError(f"payload {i} does not fit this codec's shape or bit allocation")
-            needed = self.layouts if num_layers is None else [g for g in self.layouts if min(g.layers) < num_layers]
-            for layout, values in zip(needed, decode_stream(chunks[0], needed, self._models, header.coder,
+            if (header.num_ws, header.profile_code) != (layers, self._profile_code):
+                raise ModelMismatchError(f"payload {i} does not fit this codec's layer count or bit allocation")
+            for layout, values in zip(needed, decode_stream(stream, needed, self._models, header.coder,
                                                             whole=len(needed) == len(self.layouts))):
                 k[i, layout.positions] = values
             transforms.append(header.transform)

@@ -21,6 +21,7 @@ import numpy as np
 import safetensors.numpy
 
 from sg3archive.codec import quantize as qz
+from sg3archive.codec.bitstream import HEADER_BYTES
 from sg3archive.codec.errors import CodecError
 from sg3archive.codec.profiles import PRESETS, layer_groups, resolve_bits
 from sg3archive.codec.tables import (
@@ -231,8 +232,7 @@ def estimate(model: CodecModel, ws: np.ndarray) -> tuple[float, float]:
 def payload_overhead(model: CodecModel) -> float:
     """Expected bytes of a payload beyond the coded information: header, CRC, the stream's
     length field, the coder's final state and padding to whole 32-bit words."""
-    header = 4 + 1 + 1 + 2 + 8 + 3 + (model.num_ws + 1) // 2 + 1 + 2 + 4
-    return header + 4 + 2  # the coder's final state, padding to whole words
+    return HEADER_BYTES + 4  # the coder's final state and word padding, less the zero bytes left out
 
 
 def fit_model(
