@@ -355,7 +355,8 @@ def run_source(src: Source, args: argparse.Namespace, report: Report) -> None:
     if src.generator is not None:
         # Bit allocation weighted by how strongly each layer moves the image (measured on calibration W+).
         weights = layer_sensitivity(src.generator, calib[:64])
-        for t in targets:
+        sens_targets = targets if args.quick else [anchor.mse * f for f in (2.0, 1.5, 1.25, 1.0, 0.75, 0.5)]
+        for t in sens_targets:
             label = f"auto+sens mse<={t:.2e}"
             ours_rows.append(ours_row(label, {"profile": "auto", "target_mse": t, "layer_weights": weights},
                                       calib, test, evaluate, report.notes, src.name, codecs))
