@@ -215,11 +215,12 @@ def _progressive(text: str) -> tuple[int, ...]:
 @click.option("--sample-every", type=int, default=200, show_default=True)
 @click.option("--checkpoint-every", type=int, default=200, show_default=True)
 @click.option("--resume/--no-resume", default=True, show_default=True)
+@click.option("--init-encoder", default=None, help="Start from this exported encoder (fine-tuning) instead of a fresh one.")
 def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, width: float, steps: int,
           batch_size: int, lr: float, beta1: float, beta2: float, preset: str, latent_weight: float, image_every: int,
           kl_start: int, kl_ramp: int, progressive: str, truncation_psi: float, trunc_cutoff: int, mixing_prob: float,
           data: str, real_fraction: float, synthetic_pool: int, lpips_net: str, seed: int, device: str,
-          log_every: int, sample_every: int, checkpoint_every: int, resume: bool) -> None:
+          log_every: int, sample_every: int, checkpoint_every: int, resume: bool, init_encoder: str | None) -> None:
     """Train an encoder (image → W+) for a frozen generator.
 
     Resumable: run the same command again to continue from OUT/checkpoint.
@@ -247,7 +248,7 @@ def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, 
     except Sg3ArchiveError:
         pass  # no discriminator in the file: no feature matching
     try:
-        result = train_encoder(G, config, out_dir, D=D, device=dev, resume=resume)
+        result = train_encoder(G, config, out_dir, D=D, device=dev, resume=resume, init_from=init_encoder)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     last = result.history[-1] if result.history else {}

@@ -59,7 +59,9 @@ class SyntheticPairs:
     @torch.no_grad()
     def images(self, ws: torch.Tensor) -> torch.Tensor:
         out = [self.G.synthesis(ws[i : i + self.synth_batch]) for i in range(0, len(ws), self.synth_batch)]
-        return torch.cat(out).clamp(-1, 1)
+        # Plain NCHW (the fast synthesis path returns channels-last): the encoder then sees the same
+        # memory layout whether a batch is fresh or read back from a cached pool.
+        return torch.cat(out).clamp(-1, 1).contiguous(memory_format=torch.contiguous_format)
 
     def __call__(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         ws = self.ws(n, gen)

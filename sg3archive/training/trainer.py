@@ -81,13 +81,16 @@ def train_encoder(
     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     max_steps_this_run: int | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train (or resume training) an encoder for the frozen generator ``G``.
 
     ``lpips``: the perceptual metric (images in [-1, 1] → per-image distance); built from
     ``config.lpips_net`` when None and the perceptual weight is non-zero. ``on_log`` is called
     with each logged metrics record (the flow publishes them). ``max_steps_this_run`` stops
-    early (after a checkpoint) — for tests of resuming and for time-boxed jobs.
+    early (after a checkpoint) — for tests of resuming and for time-boxed jobs. ``init_from``:
+    an exported encoder directory to start from instead of a fresh one (fine-tuning; ignored
+    when resuming a checkpoint).
     """
     device = torch.device(device)
     out_dir = Path(out_dir)
@@ -113,6 +116,10 @@ def train_encoder(
         optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, betas=config.betas)
         optimizer.load_state_dict(opt_state)
         rng.set_state(rng_state)
+    elif init_from is not None:  # fine-tune an exported encoder (same generator)
+        from sg3archive.checkpoints.encoder_file import load_encoder
+        encoder = load_encoder(str(init_from), generator=G).to(device).train().requires_grad_(True)
+        optimizer = torch.optim.Adam(encoder.parameters(), lr=config.lr, betas=config.betas)
     else:
         torch.manual_seed(config.seed)  # encoder initialization
         encoder = _make_encoder(G, config).to(device).train()
