@@ -172,10 +172,6 @@ def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutof
     click.echo(f"wrote {len(images)} images{' and grid.png' if grid else ''} to {out} (network fingerprint {G.fingerprint[:16]})")
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _progressive(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(s) for s in text.split(",") if s.strip())
@@ -304,3 +300,105 @@ def lpips_weights(args: tuple[str, ...]) -> None:
     from sg3archive.metrics.lpips_weights import main as provision
 
     sys.exit(provision(list(args)))
+
+
+def _job_or_flags(kind, manifest: str | None, values: dict):
+    from sg3archive.pipeline.jobs import load_job, make_job
+
+    if manifest:
+        return load_job(manifest, kind, **{k: v for k, v in values.items() if v is not None})
+    return make_job(kind, {k: v for k, v in values.items() if v is not None})
+
+
+@main.command()
+@click.argument("src", required=False)
+@click.argument("dest", required=False)
+@click.option("--manifest", "manifest", default=None, help="A job manifest (YAML, see manifests/); flags override it.")
+@click.option("--pattern", default=None, help="Glob under SRC, e.g. '**/*.png' (default: all image files).")
+@click.option("--network", default=None, help="Generator. Default: the bundled network.")
+@click.option("--encoder", default=None, help="Encoder directory. Default: the bundled encoder.")
+@click.option("--profile", default=None, help="Codec profile: high_quality, balanced (default), high_compression, or bits.")
+@click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default=None, help="How images become square (default crop).")
+@click.option("--shard-size", type=int, default=None, help="Images per shard (default 256).")
+@click.option("--batch-size", type=int, default=None, help="Images per model batch (default 16).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
+@click.option("--refine-steps", type=int, default=None, help="Encode-time refinement steps (default 0).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def compress(src: str | None, dest: str | None, manifest: str | None, pattern: str | None, network: str | None,
+             encoder: str | None, profile: str | None, fit: str | None, shard_size: int | None,
+             batch_size: int | None, device: str | None, refine_steps: int | None, as_json: bool) -> None:
+    """Compress the images under SRC (folder, bucket prefix, URI list) into the archive DEST.
+
+    Re-running resumes: images already archived with the same settings are skipped; unreadable
+    files are recorded in the archive's failures table.
+    """
+    from sg3archive.pipeline.compress import compress as run
+    from sg3archive.pipeline.jobs import CompressJob
+
+    if profile is not None and profile.isdigit():
+        profile = int(profile)  # type: ignore[assignment]
+    job = _job_or_flags(CompressJob, manifest, dict(source=src, destination=dest, pattern=pattern, network=network,
+                                                    encoder=encoder, profile=profile, fit=fit, shard_size=shard_size,
+                                                    batch_size=batch_size, device=device, refine_steps=refine_steps))
+    summary = run(job, progress=not as_json)
+    click.echo(json.dumps(summary.to_dict(), indent=2, default=str) if as_json else summary.text())
+    if summary.failures and not as_json:
+        click.echo(f"{summary.failures} files could not be archived; `sg3archive inspect {job.destination}` lists why")
+
+
+@main.command()
+@click.argument("archive", required=False)
+@click.argument("dest", required=False)
+@click.option("--manifest", "manifest", default=None, help="A restore manifest (YAML); flags override it.")
+@click.option("--ids", default=None, help="Comma-separated image ids to restore.")
+@click.option("--glob", "glob_", default=None, help="Restore sources whose URI matches this glob.")
+@click.option("--shard", default=None, help="Restore one shard (its file name, see inspect).")
+@click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpeg"]), default=None, help="Output format (default png).")
+@click.option("--size", type=click.Choice(["generator", "original"]), default=None, help="Output size (default original).")
+@click.option("--network", default=None)
+@click.option("--encoder", default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--overwrite", is_flag=True, default=None, help="Rewrite outputs that exist (default: skip, resumable).")
+def restore(archive: str | None, dest: str | None, manifest: str | None, ids: str | None, glob_: str | None,
+            shard: str | None, fmt: str | None, size: str | None, network: str | None, encoder: str | None,
+            batch_size: int | None, device: str | None, overwrite: bool | None) -> None:
+    """Regenerate images from ARCHIVE into the folder DEST (names follow the source paths)."""
+    from sg3archive.pipeline.jobs import RestoreJob
+    from sg3archive.pipeline.restore import restore as run
+
+    job = _job_or_flags(RestoreJob, manifest, dict(
+        archive=archive, destination=dest, ids=ids.split(",") if ids else None, glob=glob_, shard=shard, format=fmt,
+        size=size, network=network, encoder=encoder, batch_size=batch_size, device=device, overwrite=overwrite))
+    click.echo(run(job).text())
+
+
+@main.command()
+@click.argument("archive")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def inspect(archive: str, as_json: bool) -> None:
+    """Counts, sizes, bit allocation, fingerprints and every failure of ARCHIVE."""
+    from sg3archive.pipeline.inspect import inspect_archive
+
+    info = inspect_archive(archive)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    s = info["settings"]
+    click.echo(f"archive {archive} (manifest generation {info['generation']})")
+    click.echo(f"  images {info['images']} in {info['shards']['images']} shards; failures {info['failures']}")
+    if info["images"]:
+        click.echo(f"  payload {info['payload_bytes']} bytes ({info['bytes_per_image']:.0f} B/image); "
+                   f"source {info['source_bytes']} bytes; ratio {info['ratio']:.1f}x")
+        click.echo(f"  mean PSNR {info['mean_psnr']:.2f} dB, MS-SSIM {info['mean_ms_ssim']:.3f}")
+    click.echo(f"  profile {s.get('profile')}; bits per layer {s.get('bits')}")
+    click.echo(f"  generator {s.get('generator_fingerprint')}\n  encoder   {s.get('encoder_fingerprint')}\n"
+               f"  codec     {s.get('codec_hash')}")
+    for f in info["failure_list"]:
+        click.echo(f"  FAILED {f['source_uri']}: [{f['stage']}] {f['reason']}")
+    if info["orphans"]:
+        click.echo(f"  {len(info['orphans'])} uncommitted shard files (from interrupted runs; ignored by readers)")
+
+
+if __name__ == "__main__":
+    main()

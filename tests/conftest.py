@@ -82,3 +82,10 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+# -- a real S3-compatible server (moto) on 127.0.0.1 -----------------------------------------------
+from s3server import s3_bucket_fixture, s3_server_fixture  # noqa: E402
+
+s3_server = s3_server_fixture()  # session-scoped: S3Endpoint(endpoint_url, storage_options)
+s3_bucket = s3_bucket_fixture()  # per test: S3Bucket(url="s3://test-…", storage_options, name), a fresh bucket

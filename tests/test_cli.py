@@ -116,3 +116,25 @@ def test_console_script_runs() -> None:
     result = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0
     assert sg3archive.__version__ in result.stdout
+
+
+def test_readme_main_job_compress_inspect_restore(tmp_path) -> None:
+    """The README's first command, after installing: compress the samples, restore them."""
+    import json as _json
+
+    from sg3archive.cli import main as cli
+
+    samples = Path(__file__).resolve().parents[1] / "examples" / "images"
+    runner = CliRunner()
+    res = runner.invoke(cli, ["compress", str(samples), str(tmp_path / "archive"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "10 images archived" in res.output and "0 failed" in res.output and "ratio vs source" in res.output
+    res = runner.invoke(cli, ["inspect", str(tmp_path / "archive"), "--json"])
+    info = _json.loads(res.output)
+    assert info["images"] == 10 and info["failures"] == 0
+    res = runner.invoke(cli, ["restore", str(tmp_path / "archive"), str(tmp_path / "restored"), "--device", "cpu"])
+    assert res.exit_code == 0 and "10 images restored" in res.output
+    res = runner.invoke(cli, ["compress", str(samples), str(tmp_path / "archive"), "--profile", "high_quality"])
+    assert res.exit_code == 1 and "error:" in res.output  # the archive was made with other settings
+    res = runner.invoke(cli, ["compress", str(samples)])
+    assert res.exit_code == 1 and "destination" in res.output

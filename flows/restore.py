@@ -1,0 +1,37 @@
+"""Prefect flow: restore images from an archive — one task per shard."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from prefect import flow, task, unmapped
+from prefect.artifacts import create_markdown_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from sg3archive.pipeline.jobs import RestoreJob, load_job, make_job
+from sg3archive.pipeline.restore import restore
+from sg3archive.store.archive import ArchiveStore
+
+
+@task(name="restore-shard", retries=1, retry_delay_seconds=5)
+def restore_shard_task(job: dict[str, Any], shard: str) -> dict[str, Any]:
+    summary = restore(RestoreJob(**dict(job, shard=shard)), progress=False)
+    d = asdict(summary)
+    d.pop("files")
+    return d
+
+
+@flow(name="restore", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
+def restore_flow(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """Restore per ``job`` (RestoreJob fields) and/or a YAML ``manifest``."""
+    spec = load_job(manifest, RestoreJob, **(job or {})) if manifest else make_job(RestoreJob, job or {})
+    store = ArchiveStore.open(spec.archive, storage_options=spec.storage_options)
+    shards = [spec.shard] if spec.shard else [r.name for r in store.shards("images")]
+    values = spec.model_dump()
+    results = [f.result() for f in restore_shard_task.map(unmapped(values), shards)]
+    written, skipped = sum(r["written"] for r in results), sum(r["skipped"] for r in results)
+    text = f"{written} images restored to {spec.destination} from {len(shards)} shards, {skipped} already there"
+    create_markdown_artifact(key="restore-report", markdown=f"# Restore\n\n{text}\n")
+    print(text)
+    return {"written": written, "skipped": skipped, "shards": len(shards)}

@@ -1,0 +1,340 @@
+"""Compress a collection into an archive: prepare (codec model, archive settings), plan shards,
+compress each shard (one unit of work: models loaded once, images batched on the device, one
+Parquet shard written and committed), summarize.
+
+Usable without Prefect (:func:`compress`, what the CLI runs); the Prefect flow calls
+:func:`prepare`, :func:`plan_shards` and :func:`compress_shard` as tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import posixpath
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sg3archive.codec import LatentCodec
+from sg3archive.codec.profiles import resolve_bits
+from sg3archive.encoding import encode_images, refine_latents
+from sg3archive.metrics import ms_ssim, psnr
+from sg3archive.pipeline.jobs import CompressJob
+from sg3archive.pipeline.models import Models, load_codec, load_models
+from sg3archive.pixels import to_uint8
+from sg3archive.store import format as fmt
+from sg3archive.store.archive import ArchiveStore
+from sg3archive.store.format import ArchiveMismatchError
+from sg3archive.store.inputs import (
+    ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes, sha256_hex, to_tensor,
+)
+from sg3archive.training.data import SyntheticPairs
+
+CODEC_DIR = "codec"
+PLANS_DIR = "_plans"
+MAPPING_CALIBRATION = 512  # mapping-network W+ samples added to the codec's calibration set
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One unit of work: the URIs listed in ``path`` (a text file in the archive)."""
+
+    index: int
+    path: str
+    count: int
+
+
+@dataclass
+class ShardResult:
+    index: int
+    shard: str | None = None
+    images: int = 0
+    failures: int = 0
+    skipped: int = 0
+    payload_bytes: int = 0
+    source_bytes: int = 0
+    seconds: float = 0.0
+    failure_shard: str | None = None
+
+
+@dataclass
+class Summary:
+    archive: str
+    shards: int = 0
+    images: int = 0
+    failures: int = 0
+    skipped: int = 0
+    payload_bytes: int = 0
+    source_bytes: int = 0
+    seconds: float = 0.0
+    results: list[ShardResult] = field(default_factory=list)
+
+    def add(self, r: ShardResult) -> None:
+        self.results.append(r)
+        self.shards += 1 if r.shard else 0
+        self.images += r.images
+        self.failures += r.failures
+        self.skipped += r.skipped
+        self.payload_bytes += r.payload_bytes
+        self.source_bytes += r.source_bytes
+
+    def text(self) -> str:
+        ratio = self.source_bytes / self.payload_bytes if self.payload_bytes else float("nan")
+        rate = self.images / self.seconds if self.seconds else float("nan")
+        per = self.payload_bytes / self.images if self.images else float("nan")
+        return (f"{self.images} images archived into {self.archive} ({self.shards} shards), "
+                f"{self.skipped} already there, {self.failures} failed; "
+                f"{self.payload_bytes} payload bytes ({per:.0f} B/image), ratio vs source {ratio:.1f}x; "
+                f"{rate:.2f} images/s")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ratio"] = self.source_bytes / self.payload_bytes if self.payload_bytes else None
+        d["images_per_s"] = self.images / self.seconds if self.seconds else None
+        return d
+
+
+def settings_key(settings: dict) -> str:
+    """Short hash of what determines a row: the same source with the same key is not redone."""
+    keep = {k: settings.get(k) for k in ("generator_fingerprint", "encoder_fingerprint", "codec_hash", "fit",
+                                          "refine_steps", "resolution")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict:
+    return {
+        "generator_fingerprint": models.G.fingerprint,
+        "encoder_fingerprint": models.encoder.fingerprint,
+        "codec_hash": codec.hash,
+        "profile": codec.model.profile,
+        "bits": [float(b) for b in codec.bits],
+        "num_ws": codec.num_ws,
+        "w_dim": codec.w_dim,
+        "resolution": models.resolution,
+        "fit": job.fit,
+        "refine_steps": job.refine_steps,
+    }
+
+
+def _read_source(uri: str, job: CompressJob) -> tuple[bytes, dict]:
+    """Read and hash one source (OSError / ImageRejected on failure)."""
+    data = read_bytes(uri, job.source_storage_options or None)
+    return data, {"source_uri": uri, "source_size": len(data), "source_sha256": sha256_hex(data)}
+
+
+def _square(data: bytes, info: dict, job: CompressJob, resolution: int) -> tuple[torch.Tensor, dict]:
+    """Decode and fit one source to the generator's square; ImageRejected says why not."""
+    img = decode_image(data, max_pixels=job.max_pixels, uri=info["source_uri"])
+    square, fit = fit_to_square(img.rgb, resolution, job.fit)
+    return to_tensor(square), dict(info, width=img.width, height=img.height, mode=img.mode, format=img.format,
+                                   fit=fit.to_json())
+
+
+def _load_square(uri: str, job: CompressJob, resolution: int) -> tuple[torch.Tensor, dict]:
+    data, info = _read_source(uri, job)
+    return _square(data, info, job, resolution)
+
+
+def _calibration_ws(job: CompressJob, models: Models) -> torch.Tensor:
+    """W+ codes to fit the codec on: the encoder's output for the first decodable images of the
+    collection, plus style-mixed samples of the generator's mapping network."""
+    images = []
+    if job.calibration_images:
+        for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
+            try:
+                images.append(_load_square(uri, job, models.resolution)[0])
+            except (ImageRejected, OSError, ValueError):
+                continue
+            if len(images) >= job.calibration_images:
+                break
+    parts = []
+    if images:
+        parts.append(encode_images(models.encoder, torch.stack(images).to(models.device), job.batch_size).cpu())
+    pairs = SyntheticPairs(models.G)
+    parts.append(pairs.ws(MAPPING_CALIBRATION, torch.Generator().manual_seed(0)).cpu())
+    return torch.cat(parts)
+
+
+def prepare(job: CompressJob) -> dict:
+    """Open (to resume) or create the archive; fit and store its codec model on first use.
+    Returns the archive settings. Refuses an existing archive made with other models."""
+    models = load_models(job.network, job.encoder, job.device)
+    codec_url = posixpath.join(job.destination.rstrip("/"), CODEC_DIR)
+    fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
+    if fs.exists(posixpath.join(root, "archive.json")):
+        store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
+        codec = load_codec(codec_url, job.storage_options)
+        name, bits = resolve_bits(job.profile, codec.num_ws)
+        if name != codec.model.profile or (name == "custom" and [float(b) for b in bits] != list(codec.bits)):
+            raise ArchiveMismatchError(
+                f"{job.destination} was made with codec profile {codec.model.profile!r} "
+                f"(bits {[float(b) for b in codec.bits]}), not {job.profile!r}; use its profile to add to it, "
+                "or a new destination")
+        wanted = _settings(job, models, codec)
+        ArchiveStore.create(job.destination, wanted, storage_options=job.storage_options)  # checks they match
+        return store.settings
+    coder = "range" if job.coder == "arithmetic" else job.coder
+    codec = LatentCodec.fit(_calibration_ws(job, models), profile=job.profile, coder=coder)
+    codec.save(codec_url, storage_options=job.storage_options)
+    settings = _settings(job, models, codec)
+    ArchiveStore.create(job.destination, settings, storage_options=job.storage_options)
+    return settings
+
+
+def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPlan]:
+    """Stream the source listing into plan files of ``shard_size`` URIs under ``_plans/<run>/``;
+    yields one small record per shard (the listing itself is never held in memory)."""
+    run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+    fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
+    folder = posixpath.join(root, PLANS_DIR, run_id)
+    fs.makedirs(folder, exist_ok=True)
+    batch: list[str] = []
+    index = 0
+
+    def flush() -> ShardPlan:
+        path = posixpath.join(folder, f"{index:07d}.txt")
+        with fs.open(path, "w") as f:
+            f.write("\n".join(batch) + "\n")
+        return ShardPlan(index, fs.unstrip_protocol(path), len(batch))
+
+    for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
+        batch.append(uri)
+        if len(batch) == job.shard_size:
+            yield flush()
+            index += 1
+            batch = []
+    if batch:
+        yield flush()
+
+
+def _read_plan(plan: ShardPlan, job: CompressJob) -> list[str]:
+    with fsspec.open(plan.path, "r", **job.storage_options) as f:
+        return [line for line in f.read().splitlines() if line]
+
+
+def _thumb(img: torch.Tensor) -> bytes:
+    """8×8 RGB uint8 thumbnail of a reconstruction: the audit's determinism fingerprint."""
+    small = F.adaptive_avg_pool2d(img.float(), 8)
+    return to_uint8(small[None])[0].tobytes()
+
+
+def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
+    """Encode, quantize and store the images of one plan as one shard, then commit it.
+
+    Sources already in the archive (same URI, sha256 and settings) are skipped; unreadable ones
+    go to a failures shard with their reason. Committing per shard makes a killed run resumable.
+    """
+    started = time.perf_counter()
+    models = load_models(job.network, job.encoder, job.device)
+    store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
+    codec = load_codec(posixpath.join(job.destination.rstrip("/"), CODEC_DIR), job.storage_options)
+    key = settings_key(store.settings)
+    done = store.committed_keys()
+    result = ShardResult(plan.index)
+    rows: list[dict] = []
+    failures: list[dict] = []
+    pending: list[tuple[torch.Tensor, dict]] = []
+    now = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
+
+    def fail(info: dict, stage: str, reason: str) -> None:
+        failures.append({"source_uri": info["source_uri"], "source_size": info.get("source_size"),
+                         "source_sha256": info.get("source_sha256"), "stage": stage, "reason": reason,
+                         "settings_key": key, "failed_at": now()})
+
+    def encode_pending() -> None:
+        if not pending:
+            return
+        x = torch.stack([t for t, _ in pending]).to(models.device)
+        infos = [i for _, i in pending]
+        pending.clear()
+        try:
+            ws = encode_images(models.encoder, x, job.batch_size)
+            if job.refine_steps:
+                ws = refine_latents(models.G, ws, x, steps=job.refine_steps)
+            payloads = codec.compress(ws.cpu())
+            ws_hat = codec.decompress(payloads).to(models.device)
+            with torch.no_grad():
+                recon = torch.cat([models.G.synthesis(ws_hat[i:i + job.batch_size])
+                                   for i in range(0, len(ws_hat), job.batch_size)]).clamp(-1, 1)
+            p, s = psnr(recon, x).cpu(), ms_ssim(recon, x).cpu()
+        except Exception as exc:  # a failing batch is recorded, the run goes on
+            for info in infos:
+                fail(info, "encode", f"{type(exc).__name__}: {exc}")
+            return
+        for i, info in enumerate(infos):
+            sid = hashlib.sha256(f"{info['source_uri']}\n{info['source_sha256']}".encode()).hexdigest()[:32]
+            rows.append(dict(info, id=sid, payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
+                             bits=[float(b) for b in codec.bits], profile=codec.model.profile, transform=None,
+                             psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=_thumb(recon[i].cpu()),
+                             encoder_fingerprint=models.encoder.fingerprint,
+                             generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash,
+                             settings_key=key, encoded_at=now()))
+            result.payload_bytes += len(payloads[i])
+            result.source_bytes += info["source_size"]
+
+    for uri in _read_plan(plan, job):
+        try:
+            data, info = _read_source(uri, job)
+        except ImageRejected as exc:
+            fail({"source_uri": uri}, "read", exc.reason)
+            continue
+        except (OSError, ValueError) as exc:
+            fail({"source_uri": uri}, "read", f"{type(exc).__name__}: {exc}")
+            continue
+        if (uri, info["source_sha256"], key) in done:
+            result.skipped += 1
+            continue
+        try:
+            tensor, info = _square(data, info, job, models.resolution)
+        except ImageRejected as exc:
+            fail(info, "decode", exc.reason)
+            continue
+        except (OSError, ValueError) as exc:
+            fail(info, "decode", f"{type(exc).__name__}: {exc}")
+            continue
+        pending.append((tensor, info))
+        if len(pending) >= job.batch_size:
+            encode_pending()
+    encode_pending()
+
+    # A source that failed before and fails again is not recorded twice.
+    failures = [f for f in failures if (f["source_uri"], f["source_sha256"], key) not in done]
+    records = []
+    meta = dict(store.settings)
+    if rows:
+        table = pa.Table.from_pylist(rows, schema=fmt.images_schema())
+        records.append(store.write_shard(table, "images", meta))
+        result.shard = records[-1].name
+    if failures:
+        table = pa.Table.from_pylist(failures, schema=fmt.failures_schema())
+        records.append(store.write_shard(table, "failures", meta))
+        result.failure_shard = records[-1].name
+    if records:
+        store.commit(records)
+    result.images, result.failures = len(rows), len(failures)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def compress(job: CompressJob, progress: bool = True) -> Summary:
+    """The whole job in this process, shard after shard (the CLI's path; no Prefect needed)."""
+    started = time.perf_counter()
+    prepare(job)
+    summary = Summary(job.destination)
+    plans = list(plan_shards(job))
+    total = sum(p.count for p in plans)
+    with tqdm(total=total, desc="compress", unit="img", disable=not progress) as bar:
+        for plan in plans:
+            r = compress_shard(job, plan)
+            summary.add(r)
+            bar.update(plan.count)
+    summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,112 @@
+"""Archive job specifications: what a compress or restore run does, as validated data.
+
+The same models back the YAML manifests in ``manifests/``, the CLI flags and the Prefect flows'
+parameters, so a job means the same thing however it is started.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sg3archive.errors import Sg3ArchiveError
+
+
+class JobError(Sg3ArchiveError):
+    """A job specification is invalid; the message lists every problem."""
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CompressJob(_Spec):
+    """Compress every image under ``source`` into the archive at ``destination``."""
+
+    source: str = Field(description="folder / bucket prefix (any fsspec URL), a .txt/.lst list of URIs, or one image")
+    destination: str = Field(description="archive directory URL")
+    pattern: str | None = Field(None, description="glob under source, e.g. '**/*.png' (default: all image files)")
+    network: str | None = Field(None, description="generator file/directory; default: the bundled network")
+    encoder: str | None = Field(None, description="encoder directory; default: the bundled encoder")
+    profile: str | int | list[int] = Field("balanced", description="codec profile: preset name, uniform bits, or bits per layer")
+    coder: Literal["ans", "range", "arithmetic"] = "ans"
+    fit: Literal["crop", "pad", "stretch"] = Field("crop", description="how images are fitted to the generator's square")
+    shard_size: int = Field(256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")
+    batch_size: int = Field(16, ge=1, le=4096)
+    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    refine_steps: int = Field(0, ge=0, le=10_000, description="encode-time latent refinement steps (0 = off)")
+    calibration_images: int = Field(256, ge=0, description="collection images encoded to fit the codec model")
+    max_pixels: int = Field(64_000_000, ge=1, description="larger images are rejected (decompression bombs)")
+    lpips: bool = Field(False, description="also record LPIPS at encode time (needs the LPIPS weights)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the destination")
+    source_storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source")
+    task_runner: Literal["thread", "dask"] = Field("thread", description="Prefect task runner of the compress flow")
+    workers: int = Field(1, ge=1, le=1024, description="parallel shard tasks (threads, or Dask workers)")
+
+    @field_validator("profile")
+    @classmethod
+    def _profile(cls, value: str | int | list[int]) -> str | int | list[int]:
+        from sg3archive.codec.profiles import PRESETS
+
+        if isinstance(value, str) and value not in PRESETS:
+            raise ValueError(f"unknown profile {value!r}; use one of {sorted(PRESETS)}, an int (4-12) or a list")
+        if isinstance(value, int) and not 1 <= value <= 16:
+            raise ValueError("uniform bits must be in 1..16")
+        return value
+
+
+class RestoreJob(_Spec):
+    """Regenerate images from an archive into ``destination``."""
+
+    archive: str
+    destination: str
+    ids: list[str] | None = Field(None, description="restore only these image ids")
+    glob: str | None = Field(None, description="restore only sources whose URI matches this glob")
+    shard: str | None = Field(None, description="restore only this shard (file name)")
+    format: Literal["png", "webp", "jpeg"] = "png"
+    size: Literal["generator", "original"] = Field("original", description="output at the generator's resolution or the original size")
+    network: str | None = None
+    encoder: str | None = None
+    batch_size: int = Field(16, ge=1, le=4096)
+    device: str = "auto"
+    overwrite: bool = Field(False, description="rewrite outputs that already exist (default: skip them, resumable)")
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("ids")
+    @classmethod
+    def _ids(cls, value: list[str] | None) -> list[str] | None:
+        for i in value or []:
+            if not i or any(c not in "0123456789abcdef" for c in i):
+                raise ValueError(f"image id {i!r} is not an archive id (lowercase hex)")
+        return value
+
+
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors())
+
+
+def make_job(kind: type[_Spec], values: dict[str, Any]) -> Any:
+    """Validate ``values`` as a job of ``kind``; raise :class:`JobError` listing every problem."""
+    try:
+        return kind(**values)
+    except ValidationError as exc:
+        raise JobError(f"invalid {kind.__name__}: {_problems(exc)}") from None
+
+
+def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any) -> Any:
+    """Read a YAML manifest (any fsspec URL); ``overrides`` replace its fields (CLI flags)."""
+    try:
+        with fsspec.open(str(url), "r") as f:
+            doc = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise JobError(f"job manifest {url} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise JobError(f"job manifest {url} is not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise JobError(f"job manifest {url} must be a mapping of settings")
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    return make_job(kind, doc)

@@ -1,0 +1,1 @@
+"""The archive store: listing and reading inputs, the archive format, manifest and Parquet shards."""

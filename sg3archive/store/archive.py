@@ -1,0 +1,374 @@
+"""ArchiveStore: an archive of image latents on any fsspec URL (local path, file://, s3://, memory://).
+
+Layout under the archive root (docs/FORMAT.md)::
+
+    archive.json                     archive-level settings, written once at creation
+    _manifest/<generation>.json      immutable manifest generations; the latest readable one is the truth
+    shards/<kind>-<uuid4hex>.parquet immutable Parquet shards, invisible until a generation lists them
+    codec/                           the latent codec model (written by LatentCodec.save)
+
+Writers call :meth:`ArchiveStore.write_shard` for each table, then :meth:`ArchiveStore.commit` once
+for the records; readers only ever see committed shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import uuid
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from sg3archive.store.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KEY_COLUMNS,
+    KINDS,
+    ArchiveFormatError,
+    ArchiveMismatchError,
+    ArchiveNotFoundError,
+    check_format_version,
+    conform_table,
+    read_metadata,
+    schema_for,
+    table_metadata,
+)
+from sg3archive.store.manifest import (
+    ARCHIVE_FILE,
+    CODEC_DIR,
+    MANIFEST_DIR,
+    SHARDS_DIR,
+    TEMP_PREFIX,
+    Manifest,
+    ManifestLog,
+    ShardRecord,
+    backend_of,
+    create_exclusive,
+    fsync_dir,
+    utc_now,
+)
+
+__all__ = ["ArchiveStore", "ArchiveMismatchError", "ArchiveNotFoundError", "ShardRecord", "Manifest"]
+
+logger = logging.getLogger(__name__)
+
+# Rows are small (a payload of a few hundred bytes, a 192-byte thumbnail, short strings), so a row
+# group of this many rows is a few MB: big enough to compress well, small enough to read in part.
+ROW_GROUP_ROWS = 8192
+BATCH_ROWS = 8192
+HASH_CHUNK = 4 << 20
+# Columns repeating few distinct values per shard: dictionary-encoded. Everything else (hashes,
+# payloads, thumbnails, URIs) is near-unique, where a dictionary only costs.
+DICTIONARY_COLUMNS = ("mode", "format", "profile", "encoder_fingerprint", "generator_fingerprint",
+                      "codec_hash", "settings_key", "stage", "reason")
+# Min/max statistics of large binary columns are useless and bloat every footer.
+NO_STATISTICS_COLUMNS = ("payload", "recon_thumb", "fit", "bits", "transform")
+
+
+def _plain_json(value: Any, what: str) -> Any:
+    """``value`` as JSON reads it back (tuples become lists), so stored and given settings compare equal."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be plain JSON (str, numbers, bools, None, lists, dicts): {exc}") from exc
+
+
+def _differing_keys(stored: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the settings that differ between two JSON objects."""
+    if isinstance(stored, dict) and isinstance(wanted, dict):
+        out = []
+        for key in sorted(set(stored) | set(wanted), key=str):
+            path = f"{prefix}{key}"
+            if key not in stored or key not in wanted:
+                out.append(path)
+            else:
+                out.extend(_differing_keys(stored[key], wanted[key], path + "."))
+        return out
+    return [] if stored == wanted else [prefix.rstrip(".") or "<settings>"]
+
+
+class ArchiveStore:
+    """One archive: its settings, its committed shards, and writing new ones.
+
+    Build it with :meth:`create` or :meth:`open`. Safe to share between threads and to pickle
+    (the filesystem object pickles with its storage options).
+
+    Attributes:
+        url: the archive URL as given.
+        fs: the fsspec filesystem.
+        root: the archive's path on ``fs`` (no protocol, no trailing slash).
+        settings: the archive-level settings from archive.json.
+    """
+
+    def __init__(self, url: str, fs: fsspec.AbstractFileSystem, root: str, archive_doc: dict[str, Any]) -> None:
+        self.url = url
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.archive_doc = archive_doc
+        self.settings: dict[str, Any] = archive_doc["settings"]
+        self.log = ManifestLog(fs, self.root)
+
+    def __repr__(self) -> str:
+        return f"ArchiveStore({self.url!r})"
+
+    # -- create / open ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, url: str, settings: dict[str, Any], storage_options: dict[str, Any] | None = None) -> "ArchiveStore":
+        """Create an archive at ``url``, or open the one there if its settings are the same (resume).
+
+        Args:
+            settings: archive-level settings, plain JSON: fingerprints, codec hash, profile, num_ws,
+                w_dim, resolution... They are attached to every shard's metadata too.
+
+        Raises:
+            ArchiveMismatchError: an archive exists there with other settings (names the keys).
+        """
+        settings = _plain_json(settings, "archive settings")
+        if not isinstance(settings, dict):
+            raise ValueError("archive settings must be a dict")
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        root = root.rstrip("/")
+        if backend_of(fs) == "local":
+            for folder in ("", MANIFEST_DIR, SHARDS_DIR):
+                fs.makedirs(f"{root}/{folder}".rstrip("/"), exist_ok=True)
+        doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created_at": utc_now(), "settings": settings}
+        path = f"{root}/{ARCHIVE_FILE}"
+        if create_exclusive(fs, path, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")):
+            logger.info("created archive %s", url)
+            return cls(url, fs, root, doc)
+        store = cls(url, fs, root, cls._read_archive_doc(fs, path, url))
+        differing = _differing_keys(store.settings, settings)
+        if differing:
+            raise ArchiveMismatchError(
+                f"an archive already exists at {url} with different settings: {', '.join(differing)}; "
+                "use a new URL, or the settings it was created with to resume it")
+        return store
+
+    @classmethod
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ArchiveStore":
+        """Open an existing archive; ArchiveNotFoundError if ``url`` holds none."""
+        fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+        root = root.rstrip("/")
+        return cls(url, fs, root, cls._read_archive_doc(fs, f"{root}/{ARCHIVE_FILE}", url))
+
+    @staticmethod
+    def _read_archive_doc(fs: fsspec.AbstractFileSystem, path: str, url: str) -> dict[str, Any]:
+        fs.invalidate_cache(path)
+        try:
+            raw = fs.cat_file(path)
+        except FileNotFoundError:
+            raise ArchiveNotFoundError(
+                f"{url} is not an sg3archive archive (no {ARCHIVE_FILE}); create one with ArchiveStore.create, "
+                "or check the URL and storage_options") from None
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise ArchiveFormatError(f"{path} is not valid JSON ({exc})") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or not isinstance(doc.get("settings"), dict):
+            raise ArchiveFormatError(f"{path} is not an sg3archive archive file")
+        check_format_version(doc, path)
+        return doc
+
+    # -- paths -----------------------------------------------------------------------------------
+    def shard_path(self, name: str) -> str:
+        """The path on ``fs`` of a shard file name."""
+        return f"{self.root}/{SHARDS_DIR}/{name}"
+
+    @property
+    def codec_url(self) -> str:
+        """Where the codec model lives (pass to LatentCodec.save/load with the same storage options)."""
+        return self.fs.unstrip_protocol(f"{self.root}/{CODEC_DIR}")
+
+    def _forget_listings(self) -> None:
+        """Drop cached listings of shards/: s3fs answers "no such file" from a stale one."""
+        self.fs.invalidate_cache(f"{self.root}/{SHARDS_DIR}")
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write_shard(self, table: pa.Table, kind: str, metadata: dict[str, Any] | None = None) -> ShardRecord:
+        """Write ``table`` as a new immutable shard; invisible to readers until :meth:`commit`.
+
+        Args:
+            table: rows of ``kind``'s schema (column order free; required columns without nulls).
+            kind: "images" or "failures".
+            metadata: extra JSON for this shard's metadata document, on top of the archive settings.
+
+        Returns:
+            The record to pass to :meth:`commit` (name, sha256, rows, bytes).
+        """
+        table = conform_table(table, kind)
+        doc = {**self.settings, **(metadata or {})}
+        table = table.replace_schema_metadata(table_metadata(doc, kind))
+        sink = io.BytesIO()
+        pq.write_table(
+            table, sink,
+            row_group_size=ROW_GROUP_ROWS,
+            compression="zstd",
+            use_dictionary=[c for c in DICTIONARY_COLUMNS if c in table.column_names],
+            write_statistics=[c for c in table.column_names if c not in NO_STATISTICS_COLUMNS],
+        )
+        data = sink.getvalue()
+        name = f"{kind}-{uuid.uuid4().hex}.parquet"
+        path = self.shard_path(name)
+        if backend_of(self.fs) == "local":
+            # A temp name then rename: no partial file ever carries the final name.
+            temp = self.shard_path(f"{TEMP_PREFIX}{name}")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(temp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, path)
+            fsync_dir(os.path.dirname(path))
+        else:
+            # One PUT: object stores make it visible whole or not at all.
+            self.fs.pipe_file(path, data)
+        return ShardRecord(name=name, kind=kind, sha256=hashlib.sha256(data).hexdigest(),
+                           rows=table.num_rows, bytes=len(data))
+
+    def commit(self, records: list[ShardRecord]) -> int:
+        """Make written shards visible in one new manifest generation; returns its number.
+
+        Each shard must exist with its recorded size. Concurrent commits are retried until they
+        land (CommitConflictError after too many lost races); a commit repeated after it landed
+        writes nothing and returns the generation already listing the shards.
+        """
+        records = list(records)
+        self._forget_listings()
+        for record in records:
+            if record.kind not in KINDS:
+                raise ValueError(f"shard {record.name} has unknown kind {record.kind!r}")
+        paths = [self.shard_path(r.name) for r in records]
+        try:
+            sizes = self.fs.sizes(paths)  # concurrent on object stores
+        except FileNotFoundError:
+            missing = [p for p in paths if not self.fs.exists(p)]
+            raise FileNotFoundError(f"cannot commit: shard file(s) {', '.join(missing)} do not exist") from None
+        for record, size in zip(records, sizes):
+            if size != record.bytes:
+                raise ValueError(f"cannot commit shard {record.name}: it has {size} bytes, its record says {record.bytes}")
+        if not records:
+            return self.manifest().generation
+        return self.log.commit(records).generation
+
+    # -- reading ---------------------------------------------------------------------------------
+    def manifest(self) -> Manifest:
+        """The latest readable manifest generation (generation 0, no shards, for a new archive)."""
+        return self.log.latest()
+
+    def shards(self, kind: str | None = None) -> list[ShardRecord]:
+        """Committed shards, all or of one kind, in commit order."""
+        if kind is not None and kind not in KINDS:
+            raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(KINDS)}")
+        return self.manifest().shards_of(kind)
+
+    def _dataset(self, kind: str, shard_names: list[str] | None = None,
+                 manifest: Manifest | None = None) -> ds.Dataset:
+        schema = schema_for(kind)
+        committed = (manifest or self.manifest()).shards_of(kind)
+        if shard_names is not None:
+            by_name = {s.name: s for s in committed}
+            unknown = [n for n in shard_names if n not in by_name]
+            if unknown:
+                raise KeyError(f"not committed {kind} shards of {self.url}: {unknown}")
+            committed = [by_name[n] for n in shard_names]
+        paths = [self.shard_path(s.name) for s in committed]
+        self._forget_listings()
+        # With the schema given, no file is opened just to discover it; a shard of an older format
+        # version that lacks a newer column reads it as nulls.
+        return ds.dataset(paths, schema=schema, format="parquet", filesystem=self.fs)
+
+    def read_table(self, kind: str, columns: list[str] | None = None, shard_names: list[str] | None = None,
+                   filter: ds.Expression | None = None) -> pa.Table:
+        """Committed rows of ``kind`` as one table.
+
+        Args:
+            columns: the columns to read (all if None); only these are fetched.
+            shard_names: read only these committed shards (names from :meth:`shards`).
+            filter: a pyarrow.dataset expression, e.g. ``pc.field("psnr") < 20``.
+        """
+        dataset = self._dataset(kind, shard_names)
+        table = dataset.to_table(columns=columns, filter=filter)
+        return table.replace_schema_metadata(None)
+
+    def iter_batches(self, kind: str, columns: list[str] | None = None, batch_size: int = BATCH_ROWS,
+                     shard_names: list[str] | None = None, filter: ds.Expression | None = None) -> Iterator[pa.RecordBatch]:
+        """Stream committed rows of ``kind`` in record batches of at most ``batch_size`` rows.
+
+        Memory stays bounded by a few batches and a couple of open shards, whatever the archive size.
+        """
+        dataset = self._dataset(kind, shard_names)
+        yield from dataset.to_batches(columns=columns, filter=filter, batch_size=batch_size,
+                                      batch_readahead=4, fragment_readahead=2)
+
+    def committed_keys(self) -> set[tuple[str, str | None, str]]:
+        """(source_uri, source_sha256, settings_key) of every committed image and failure row.
+
+        A re-run skips a source whose key is here. Only these three columns are read. A failure
+        recorded before the source could be hashed has source_sha256 None.
+        """
+        manifest = self.manifest()
+        keys: set[tuple[str, str | None, str]] = set()
+        for kind in KINDS:
+            if not manifest.shards_of(kind):
+                continue
+            table = self._dataset(kind, manifest=manifest).to_table(columns=list(KEY_COLUMNS))
+            keys.update(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
+        return keys
+
+    # -- checking --------------------------------------------------------------------------------
+    def orphans(self) -> list[str]:
+        """Names of files in ``shards/`` that no committed generation lists, sorted.
+
+        They are shards whose commit never happened (a crashed writer, or one still about to
+        commit), or temp files of interrupted local writes. Safe to delete only when no writer
+        is running.
+        """
+        folder = f"{self.root}/{SHARDS_DIR}"
+        self._forget_listings()
+        try:
+            paths = self.fs.ls(folder, detail=False)
+        except FileNotFoundError:
+            return []
+        finally:
+            self._forget_listings()
+        listed = self.manifest().names()
+        names = (p.rstrip("/").rsplit("/", 1)[-1] for p in paths)
+        return sorted(n for n in names if n and n not in listed)
+
+    def verify_shard(self, record: ShardRecord) -> list[str]:
+        """Problems with a shard against its record: missing, size, sha256, row count, kind. Empty if fine."""
+        path = self.shard_path(record.name)
+        self.fs.invalidate_cache(path)
+        try:
+            size = self.fs.size(path)
+        except FileNotFoundError:
+            return [f"{record.name}: missing ({path})"]
+        problems = []
+        if size != record.bytes:
+            problems.append(f"{record.name}: {size} bytes, record says {record.bytes}")
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+        if digest.hexdigest() != record.sha256:
+            problems.append(f"{record.name}: sha256 {digest.hexdigest()}, record says {record.sha256}")
+        try:
+            with self.fs.open(path, "rb") as f:
+                parquet = pq.ParquetFile(f)
+                rows = parquet.metadata.num_rows
+                doc = read_metadata(parquet.schema_arrow)
+        except (pa.ArrowException, ArchiveFormatError, OSError) as exc:
+            problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc})")
+            return problems
+        if rows != record.rows:
+            problems.append(f"{record.name}: {rows} rows, record says {record.rows}")
+        if doc.get("kind") != record.kind:
+            problems.append(f"{record.name}: its metadata says kind {doc.get('kind')!r}, record says {record.kind!r}")
+        return problems

@@ -1,0 +1,217 @@
+"""The archive's table schemas, the JSON document stored in every shard, and the store's errors.
+
+One row of ``images`` is one archived image: its latent payload plus everything needed to find,
+verify and reproduce it. One row of ``failures`` is one source that could not be archived. The
+field-by-field meaning is in docs/FORMAT.md; a change to a schema here is a change of
+``FORMAT_VERSION``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from sg3archive.errors import Sg3ArchiveError
+
+FORMAT_NAME = "sg3archive"
+FORMAT_VERSION = 1
+# The key of the one JSON document in each shard's Parquet key-value metadata (as Hugging Face
+# datasets use b"huggingface").
+METADATA_KEY = b"sg3archive"
+
+KINDS = ("images", "failures")
+FAILURE_STAGES = ("list", "read", "decode", "encode", "write")
+TRANSFORM_SIZE = 9  # a 3x3 input transform, row-major
+THUMB_SHAPE = (8, 8, 3)  # recon_thumb: uint8 HWC
+THUMB_BYTES = THUMB_SHAPE[0] * THUMB_SHAPE[1] * THUMB_SHAPE[2]
+ID_HEX_CHARS = 32
+
+# Columns read to decide what a re-run may skip, in the order of committed_keys()'s tuples.
+KEY_COLUMNS = ("source_uri", "source_sha256", "settings_key")
+
+_UTC_MICROS = pa.timestamp("us", tz="UTC")
+
+
+class ArchiveFormatError(Sg3ArchiveError):
+    """A file of the archive (shard, manifest, archive.json) is not in a format this version reads."""
+
+
+class NewerFormatError(ArchiveFormatError):
+    """A file of the archive was written by a newer format version than this sg3archive reads."""
+
+
+class ArchiveNotFoundError(Sg3ArchiveError):
+    """The URL holds no archive (no archive.json)."""
+
+
+class ArchiveMismatchError(Sg3ArchiveError):
+    """An archive already exists at the URL with settings other than the ones asked for."""
+
+
+class ShardSchemaError(Sg3ArchiveError):
+    """A table handed to the store does not match the schema of its kind."""
+
+
+class CommitConflictError(Sg3ArchiveError):
+    """Other writers kept winning the race for the next manifest generation."""
+
+
+def image_id(source_uri: str, source_sha256: str) -> str:
+    """The stable id of an image: the same bytes at the same URI always get the same id."""
+    digest = hashlib.sha256(f"{source_uri}\n{source_sha256}".encode("utf-8")).hexdigest()
+    return digest[:ID_HEX_CHARS]
+
+
+def images_schema() -> pa.Schema:
+    """One row per archived image (docs/FORMAT.md describes every field)."""
+    return pa.schema([
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_sha256", pa.string(), nullable=False),
+        pa.field("source_size", pa.int64(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("format", pa.string(), nullable=False),
+        pa.field("fit", pa.string(), nullable=False),
+        pa.field("payload", pa.binary(), nullable=False),
+        pa.field("payload_sha256", pa.string(), nullable=False),
+        pa.field("bits", pa.list_(pa.float32()), nullable=False),
+        pa.field("profile", pa.string(), nullable=False),
+        pa.field("transform", pa.list_(pa.float32()), nullable=True),
+        pa.field("psnr", pa.float32(), nullable=True),
+        pa.field("ms_ssim", pa.float32(), nullable=True),
+        pa.field("lpips", pa.float32(), nullable=True),
+        pa.field("recon_thumb", pa.binary(), nullable=False),
+        pa.field("encoder_fingerprint", pa.string(), nullable=False),
+        pa.field("generator_fingerprint", pa.string(), nullable=False),
+        pa.field("codec_hash", pa.string(), nullable=False),
+        pa.field("settings_key", pa.string(), nullable=False),
+        pa.field("encoded_at", _UTC_MICROS, nullable=False),
+    ])
+
+
+def failures_schema() -> pa.Schema:
+    """One row per source that could not be archived, and at which stage."""
+    return pa.schema([
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("source_size", pa.int64(), nullable=True),
+        pa.field("source_sha256", pa.string(), nullable=True),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("settings_key", pa.string(), nullable=False),
+        pa.field("failed_at", _UTC_MICROS, nullable=False),
+    ])
+
+
+def schema_for(kind: str) -> pa.Schema:
+    """The schema of a table kind ("images" or "failures")."""
+    if kind == "images":
+        return images_schema()
+    if kind == "failures":
+        return failures_schema()
+    raise ShardSchemaError(f"unknown table kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
+def table_metadata(doc: dict[str, Any], kind: str | None = None) -> dict[bytes, bytes]:
+    """Parquet key-value metadata holding ``doc`` plus the format name, version and table kind.
+
+    Args:
+        doc: JSON-serialisable settings (num_ws, w_dim, default bits, fingerprints, codec hash...).
+        kind: the table kind; may instead be given as ``doc["kind"]``.
+    """
+    out = dict(doc)
+    if kind is not None:
+        out["kind"] = kind
+    if out.get("kind") not in KINDS:
+        raise ShardSchemaError(f"metadata needs a table kind, one of {', '.join(KINDS)}; got {out.get('kind')!r}")
+    out["format"] = FORMAT_NAME
+    out["format_version"] = FORMAT_VERSION
+    try:
+        text = json.dumps(out, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ShardSchemaError(f"shard metadata must be plain JSON (str, numbers, lists, dicts): {exc}") from exc
+    return {METADATA_KEY: text.encode("utf-8")}
+
+
+def read_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The JSON document of a shard's schema (from ``pq.read_schema`` or a table's ``.schema``)."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ArchiveFormatError(f"no {METADATA_KEY.decode()!r} key in the Parquet metadata: not an sg3archive shard")
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise ArchiveFormatError(f"the {METADATA_KEY.decode()!r} metadata is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise ArchiveFormatError(f"the {METADATA_KEY.decode()!r} metadata is not a JSON object")
+    check_format_version(doc, "shard")
+    return doc
+
+
+def check_format_version(doc: dict[str, Any], what: str) -> None:
+    """Refuse a document from a newer format version (or none); older versions stay readable."""
+    version = doc.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise ArchiveFormatError(f"{what} has no integer format_version ({version!r}); it was not written by sg3archive")
+    if version > FORMAT_VERSION:
+        raise NewerFormatError(
+            f"{what} has format_version {version}, newer than this sg3archive reads ({FORMAT_VERSION}); "
+            "upgrade sg3archive")
+
+
+def conform_table(table: pa.Table, kind: str) -> pa.Table:
+    """``table`` with the canonical schema of ``kind`` (column order, types, nullability), or an error.
+
+    Columns may come in any order and nullable where the schema says required, as long as they hold
+    no nulls; types must match exactly. Rows are checked for what a type cannot say: image ids,
+    3x3 transforms, 8x8x3 thumbnails, failure stages.
+    """
+    schema = schema_for(kind)
+    names = set(table.column_names)
+    expected = set(schema.names)
+    missing, extra = sorted(expected - names), sorted(names - expected)
+    if missing or extra or len(table.column_names) != len(names):
+        raise ShardSchemaError(
+            f"{kind} table columns do not match the format: missing {missing}, unexpected {extra}"
+            + (", duplicated columns" if len(table.column_names) != len(names) else "")
+            + f"; build it with sg3archive.store.format.{kind}_schema()")
+    problems = []
+    for field in schema:
+        column = table.column(field.name)
+        if column.type != field.type:
+            problems.append(f"{field.name}: {column.type} instead of {field.type}")
+        elif not field.nullable and column.null_count:
+            problems.append(f"{field.name}: {column.null_count} null value(s) in a required column")
+    if problems:
+        raise ShardSchemaError(f"{kind} table does not match the format: " + "; ".join(problems))
+    table = table.select(schema.names)
+    table = pa.Table.from_arrays(table.columns, schema=schema)
+    _check_rows(table, kind)
+    return table
+
+
+def _check_rows(table: pa.Table, kind: str) -> None:
+    import pyarrow.compute as pc
+
+    if kind == "failures":
+        bad = pc.invert(pc.is_in(table.column("stage"), value_set=pa.array(FAILURE_STAGES)))
+        if pc.any(bad).as_py():
+            stages = sorted(set(pc.filter(table.column("stage"), bad).to_pylist()))
+            raise ShardSchemaError(f"failure stage(s) {stages} unknown; expected one of {', '.join(FAILURE_STAGES)}")
+        return
+    lengths = pc.list_value_length(table.column("transform"))
+    if pc.any(pc.not_equal(lengths, TRANSFORM_SIZE)).as_py():
+        raise ShardSchemaError(f"transform must hold {TRANSFORM_SIZE} values (3x3 row-major) or be null")
+    if pc.any(pc.not_equal(pc.binary_length(table.column("recon_thumb")), THUMB_BYTES)).as_py():
+        raise ShardSchemaError(f"recon_thumb must be {THUMB_BYTES} bytes (8x8x3 uint8)")
+    ids = table.column("id").to_pylist()
+    uris = table.column("source_uri").to_pylist()
+    shas = table.column("source_sha256").to_pylist()
+    for row, (id_, uri, sha) in enumerate(zip(ids, uris, shas)):
+        if id_ != image_id(uri, sha):
+            raise ShardSchemaError(
+                f"row {row}: id {id_!r} is not image_id(source_uri, source_sha256) = {image_id(uri, sha)!r}")

@@ -1,0 +1,346 @@
+"""The manifest: numbered, immutable JSON generations listing every committed shard.
+
+A reader trusts nothing but the latest readable generation ``_manifest/<generation:010d>.json``;
+a shard file becomes visible only when a generation lists it. A commit is a compare-and-swap on
+the generation number: build N+1 from the latest generation N plus the new shards, and create
+``_manifest/<N+1>.json`` only if nobody else has. How "only if" is made atomic depends on the
+backend (see :func:`create_exclusive` and docs/FORMAT.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import random
+import threading
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+from fsspec.implementations.memory import MemoryFileSystem
+
+from sg3archive.store.format import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    KINDS,
+    ArchiveFormatError,
+    CommitConflictError,
+    NewerFormatError,
+    check_format_version,
+)
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_DIR = "_manifest"
+SHARDS_DIR = "shards"
+ARCHIVE_FILE = "archive.json"
+CODEC_DIR = "codec"
+GENERATION_DIGITS = 10
+TEMP_PREFIX = ".tmp-"  # local temp files; never a valid generation or shard name
+
+# Attempts of the compare-and-swap before giving up, and the backoff between them (seconds).
+COMMIT_ATTEMPTS = 30
+BACKOFF_FIRST = 0.005
+BACKOFF_MAX = 0.5
+# How often (and how long apart) a committer re-reads an unreadable newest generation before it
+# builds on an older one: on a backend without atomic create it may still be being written.
+UNREADABLE_RETRIES = 3
+UNREADABLE_WAIT = 0.2
+
+# memory:// lives in this process only, so a process-wide lock makes its create exclusive.
+_MEMORY_LOCK = threading.Lock()
+
+
+def utc_now() -> str:
+    """The current time as ISO 8601 UTC with microseconds (the archive's timestamp text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardRecord:
+    """One shard file as a manifest lists it.
+
+    Attributes:
+        name: file name inside ``shards/`` (``<kind>-<uuid4 hex>.parquet``).
+        kind: the table kind, "images" or "failures".
+        sha256: hex digest of the whole file.
+        rows: number of rows.
+        bytes: file size in bytes.
+        committed_at: ISO 8601 UTC time of the commit that listed it; None until committed.
+    """
+
+    name: str
+    kind: str
+    sha256: str
+    rows: int
+    bytes: int
+    committed_at: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> "ShardRecord":
+        record = cls(name=str(doc["name"]), kind=str(doc["kind"]), sha256=str(doc["sha256"]),
+                     rows=int(doc["rows"]), bytes=int(doc["bytes"]), committed_at=doc.get("committed_at"))
+        if record.kind not in KINDS:
+            raise ArchiveFormatError(f"shard {record.name!r} has unknown kind {record.kind!r}")
+        if "/" in record.name or record.name.startswith("."):
+            raise ArchiveFormatError(f"shard name {record.name!r} is not a plain file name inside shards/")
+        return record
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """One generation of the manifest: the full list of committed shards (not a delta).
+
+    Generation 0 is the empty archive and has no file; the first commit writes generation 1.
+    ``parent`` is the generation this one was built on.
+    """
+
+    generation: int
+    parent: int | None
+    committed_at: str | None
+    shards: tuple[ShardRecord, ...]
+    format: str = FORMAT_NAME
+    format_version: int = FORMAT_VERSION
+
+    def shards_of(self, kind: str | None = None) -> list[ShardRecord]:
+        """The committed shards, all or of one kind, in commit order."""
+        return [s for s in self.shards if kind is None or s.kind == kind]
+
+    def names(self) -> set[str]:
+        return {s.name for s in self.shards}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "format_version": self.format_version,
+            "generation": self.generation,
+            "parent": self.parent,
+            "committed_at": self.committed_at,
+            "shards": [s.to_json() for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, doc: Any, what: str = "manifest") -> "Manifest":
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+            raise ArchiveFormatError(f"{what} is not an sg3archive manifest")
+        check_format_version(doc, what)
+        try:
+            shards = tuple(ShardRecord.from_json(s) for s in doc["shards"])
+            return cls(generation=int(doc["generation"]), parent=doc.get("parent"),
+                       committed_at=doc.get("committed_at"), shards=shards,
+                       format=doc["format"], format_version=int(doc["format_version"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArchiveFormatError(f"{what} is malformed: {exc!r}") from exc
+
+
+EMPTY_MANIFEST = Manifest(generation=0, parent=None, committed_at=None, shards=())
+
+
+def generation_name(generation: int) -> str:
+    """The file name of a generation inside ``_manifest/``."""
+    return f"{generation:0{GENERATION_DIGITS}d}.json"
+
+
+def parse_generation_name(name: str) -> int | None:
+    """The generation number of a ``_manifest/`` file name, or None for anything else."""
+    stem, dot, ext = name.partition(".")
+    if ext != "json" or len(stem) != GENERATION_DIGITS or not (stem.isascii() and stem.isdigit()):
+        return None
+    return int(stem)
+
+
+def backend_of(fs: fsspec.AbstractFileSystem) -> str:
+    """Which exclusive-create mechanism a filesystem gets: "local", "memory", "s3" or "generic"."""
+    if isinstance(fs, LocalFileSystem):
+        return "local"
+    if isinstance(fs, MemoryFileSystem):
+        return "memory"
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+    if "s3" in protocols or "s3a" in protocols:
+        return "s3"
+    return "generic"
+
+
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` unless it exists; True if this call created it.
+
+    The guarantee per backend:
+
+    * local: ``data`` goes to a temp file in the same folder (fsynced), then ``os.link`` gives it
+      the final name; link fails if the name exists, atomically, across threads and processes on
+      one local POSIX filesystem. Readers never see a partial file under the final name.
+      Where hard links are unsupported, ``O_CREAT|O_EXCL`` keeps the create exclusive but a crash
+      mid-write can leave a partial file (which readers skip with a warning).
+    * memory: check and write under a process-wide lock (memory:// exists in this process only).
+    * s3: one PUT with ``If-None-Match: *`` (S3 conditional writes); the store answers 412 if the
+      key exists. AWS S3 enforces this atomically; stores that ignore the header would overwrite,
+      so the written object is read back and compared (which catches most, not all, such races).
+    * generic: fsspec's ``pipe_file(mode="create")`` and a read-back; the default implementation
+      checks then writes, so concurrent writers are NOT safely excluded: use one writer at a time.
+    """
+    backend = backend_of(fs)
+    if backend == "local":
+        return _create_local(path, data)
+    if backend == "memory":
+        with _MEMORY_LOCK:
+            if fs.exists(path):
+                return False
+            fs.pipe_file(path, data)
+        return True
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    fs.invalidate_cache(path)
+    return fs.cat_file(path) == data
+
+
+def _create_local(path: str, data: bytes) -> bool:
+    folder = os.path.dirname(path)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex}")
+    with open(temp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK):
+                raise
+            return _create_local_excl(path, data)
+    finally:
+        os.unlink(temp)
+    fsync_dir(folder)
+    return True
+
+
+def _create_local_excl(path: str, data: bytes) -> bool:
+    """Exclusive create without hard links: atomic, but a crash may leave a partial file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
+def fsync_dir(folder: str) -> None:
+    """Make a local folder's entries (a new name, a rename) durable; a no-op where unsupported."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class ManifestLog:
+    """The generations of one archive's manifest: list, read the latest, commit the next."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str) -> None:
+        self.fs = fs
+        self.root = root.rstrip("/")
+        self.folder = f"{self.root}/{MANIFEST_DIR}"
+
+    def path(self, generation: int) -> str:
+        return f"{self.folder}/{generation_name(generation)}"
+
+    def generations(self) -> list[int]:
+        """Every generation number with a file, ascending (a fresh listing, never a cached one)."""
+        self.fs.invalidate_cache(self.folder)
+        try:
+            names = self.fs.ls(self.folder, detail=False)
+        except FileNotFoundError:
+            return []
+        finally:
+            self.fs.invalidate_cache(self.folder)  # a stale listing would hide later generations
+        numbers = (parse_generation_name(n.rstrip("/").rsplit("/", 1)[-1]) for n in names)
+        return sorted(n for n in numbers if n is not None)
+
+    def read(self, generation: int) -> Manifest:
+        """One generation; ArchiveFormatError if its file is partial or not a manifest."""
+        path = self.path(generation)
+        raw = self.fs.cat_file(path)
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise ArchiveFormatError(f"manifest generation {path} is not valid JSON ({exc})") from exc
+        manifest = Manifest.from_json(doc, what=f"manifest generation {path}")
+        if manifest.generation != generation:
+            raise ArchiveFormatError(f"{path} says it is generation {manifest.generation}")
+        return manifest
+
+    def latest(self) -> Manifest:
+        """The highest-numbered readable generation (unreadable ones are skipped with a warning).
+
+        A generation of a newer format version is not skipped: it raises NewerFormatError.
+        """
+        return self._latest(self.generations(), patient=False)[0]
+
+    def _latest(self, numbers: list[int], patient: bool) -> tuple[Manifest, int]:
+        """(newest readable generation, highest generation number present)."""
+        highest = numbers[-1] if numbers else 0
+        for i, generation in enumerate(reversed(numbers)):
+            tries = UNREADABLE_RETRIES if patient and i == 0 else 1
+            for attempt in range(tries):
+                try:
+                    return self.read(generation), highest
+                except NewerFormatError:
+                    raise  # never fall back to an older generation of an archive upgraded since
+                except (ArchiveFormatError, FileNotFoundError) as exc:
+                    if attempt + 1 < tries:
+                        time.sleep(UNREADABLE_WAIT)
+                        continue
+                    logger.warning("ignoring unreadable manifest generation %d: %s", generation, exc)
+        return EMPTY_MANIFEST, highest
+
+    def commit(self, records: Iterable[ShardRecord], attempts: int = COMMIT_ATTEMPTS) -> Manifest:
+        """Append ``records`` in a new generation; retried on conflict, so concurrent commits all land.
+
+        Records already listed (a retried commit whose first try did land) are not listed twice; if
+        every record is already listed, the latest generation is returned and nothing is written.
+        """
+        records = list(records)
+        names = [r.name for r in records]
+        if len(set(names)) != len(names):
+            raise ValueError(f"the same shard is in one commit twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        delay = BACKOFF_FIRST
+        for attempt in range(attempts):
+            base, highest = self._latest(self.generations(), patient=True)
+            listed = base.names()
+            new = [r for r in records if r.name not in listed]
+            if not new:
+                return base
+            now = utc_now()
+            stamped = tuple(dataclasses.replace(r, committed_at=now) for r in new)
+            manifest = Manifest(generation=highest + 1, parent=base.generation, committed_at=now,
+                                shards=base.shards + stamped)
+            data = json.dumps(manifest.to_json(), indent=1).encode("utf-8")
+            if create_exclusive(self.fs, self.path(manifest.generation), data):
+                logger.debug("committed manifest generation %d (+%d shards)", manifest.generation, len(new))
+                return manifest
+            logger.debug("manifest generation %d taken by another writer; retrying", manifest.generation)
+            time.sleep(random.uniform(0, delay))
+            delay = min(BACKOFF_MAX, delay * 2)
+        raise CommitConflictError(
+            f"could not commit {len(records)} shard(s) to {self.root}: other writers took the next manifest "
+            f"generation {attempts} times in a row; the shards are written and still valid, commit them again")
