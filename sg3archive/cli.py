@@ -400,5 +400,40 @@ def inspect(archive: str, as_json: bool) -> None:
         click.echo(f"  {len(info['orphans'])} uncommitted shard files (from interrupted runs; ignored by readers)")
 
 
+@main.command()
+@click.argument("archive")
+@click.option("--sample", "sample_size", type=int, default=32, show_default=True, help="Rows decoded and synthesized.")
+@click.option("--seed", type=int, default=None, help="Sample seed (default: today's date, YYYYMMDD).")
+@click.option("--network", default=None, help="Generator. Default: the bundled network.")
+@click.option("--encoder", default=None, help="Encoder. Default: the bundled encoder.")
+@click.option("--report", default=None, help="Write the HTML report here.")
+@click.option("--max-psnr-drop", type=float, default=0.5, show_default=True, help="dB below encode time that fails.")
+@click.option("--min-psnr", type=float, default=None, help="Fail below this PSNR (dB).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON.")
+def audit(archive: str, sample_size: int, seed: int | None, network: str | None, encoder: str | None,
+          report: str | None, max_psnr_drop: float, min_psnr: float | None, device: str, as_json: bool) -> None:
+    """Audit ARCHIVE: integrity, compatibility, determinism and quality. Exit status 1 on problems."""
+    from sg3archive.audit import Thresholds
+    from sg3archive.audit.record import audit_and_record
+
+    result, history, report_url = audit_and_record(
+        archive, sample_size=sample_size, seed=seed, network=network, encoder=encoder, device=device, report=report,
+        thresholds=Thresholds(min_psnr=min_psnr, max_psnr_drop=max_psnr_drop))
+    if as_json:
+        click.echo(json.dumps(dict(result.record(), history=history, report=report_url), indent=2, default=str))
+    else:
+        m = result.record()["metrics"]
+        click.echo(f"audit {'PASSED' if result.passed else 'FAILED'}: {result.shards_checked} shards verified, "
+                   f"{result.sampled} rows sampled, {result.compared} compared with their sources"
+                   + (f", mean PSNR {m['psnr']['mean']:.2f} dB" if m["psnr"]["mean"] is not None else ""))
+        for p in result.problems:
+            click.echo(f"  {p}")
+        if report_url:
+            click.echo(f"report: {report_url}")
+    if not result.passed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()
