@@ -41,12 +41,11 @@ def shard_task(job: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
     return asdict(compress_shard(CompressJob(**job), ShardPlan(**plan)))
 
 
-@flow(name="compress", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def compress_flow(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """Compress per ``job`` (CompressJob fields) and/or a YAML ``manifest`` (job fields override it)."""
-    spec = _job(job, manifest)
+@flow(name="compress-shards", log_prints=True)
+def compress_shards_flow(values: dict[str, Any]) -> dict[str, Any]:
+    """The work of a compress run, under the task runner the job selected (see ``compress_flow``)."""
+    spec = CompressJob(**values)
     started = time.perf_counter()
-    values = spec.model_dump()
     prepare_task(values)
     plans = plan_task(values)
     progress = create_progress_artifact(progress=0.0, description=f"compress {spec.source} -> {spec.destination}")
@@ -65,17 +64,30 @@ def compress_flow(job: dict[str, Any] | None = None, manifest: str | None = None
     return d
 
 
+@flow(name="compress", log_prints=True)
+def compress_flow(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
+    """Compress per ``job`` (CompressJob fields) and/or a YAML ``manifest`` (job fields override it).
+
+    The shard tasks run in a subflow whose task runner is the job's choice: ``task_runner:
+    thread`` (``workers`` threads) or ``dask`` (a local Dask cluster of ``workers`` workers), so a
+    deployment selects it through its parameters.
+    """
+    spec = _job(job, manifest)
+    return compress_shards_flow.with_options(task_runner=task_runner_for(spec))(spec.model_dump())
+
+
 def task_runner_for(spec: CompressJob):
-    """The task runner a job asks for: a thread pool of ``workers``, or a local Dask cluster
-    with ``workers`` single-threaded workers (point Dask at a real cluster via a deployment)."""
+    """The task runner a job asks for: a thread pool of ``workers``, a running Dask scheduler
+    (``dask_address``), or a local Dask cluster with ``workers`` single-threaded workers."""
     if spec.task_runner == "dask":
         from prefect_dask import DaskTaskRunner
 
+        if spec.dask_address:
+            return DaskTaskRunner(address=spec.dask_address)
         return DaskTaskRunner(cluster_kwargs={"n_workers": spec.workers, "processes": False, "threads_per_worker": 1})
     return ThreadPoolTaskRunner(max_workers=spec.workers)
 
 
 def run_compress(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """Run the flow with the task runner the job selects."""
-    spec = _job(job, manifest)
-    return compress_flow.with_options(task_runner=task_runner_for(spec))(job=spec.model_dump())
+    """Run the compress flow (its task runner follows the job's ``task_runner`` and ``workers``)."""
+    return compress_flow(job=job, manifest=manifest)

@@ -46,6 +46,8 @@ class CompressJob(_Spec):
     source_storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source")
     task_runner: Literal["thread", "dask"] = Field("thread", description="Prefect task runner of the compress flow")
     workers: int = Field(1, ge=1, le=1024, description="parallel shard tasks (threads, or Dask workers)")
+    dask_address: str | None = Field(None, description="with task_runner dask: a running scheduler, e.g. tcp://host:8786 "
+                                                       "(default: a local cluster of `workers` workers)")
 
     @field_validator("profile")
     @classmethod
