@@ -11,8 +11,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from sg3archive.audit import Thresholds
-from sg3archive.audit.record import audit_and_record
+from sg3archive.audit.record import audit_job
+from sg3archive.pipeline.jobs import AuditJob, load_job, make_job
 
 
 class AuditFailed(Exception):
@@ -20,20 +20,25 @@ class AuditFailed(Exception):
 
 
 @task(name="audit-archive")
-def audit_task(archive: str, sample_size: int, seed: int | None, network: str | None, encoder: str | None,
-               report: str | None, thresholds: dict[str, Any] | None, device: str) -> dict[str, Any]:
-    result, history, report_url = audit_and_record(
-        archive, sample_size=sample_size, seed=seed, network=network, encoder=encoder, device=device,
-        report=report, thresholds=Thresholds(**(thresholds or {})))
+def audit_task(job: dict[str, Any]) -> dict[str, Any]:
+    result, history, report_url = audit_job(AuditJob(**job))
     return dict(result.record(), history=history, report=report_url)
 
 
 @flow(name="audit", log_prints=True)
-def audit_flow(archive: str, sample_size: int = 32, seed: int | None = None, network: str | None = None,
+def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | None = None, network: str | None = None,
                encoder: str | None = None, report: str | None = None, thresholds: dict | None = None,
-               device: str = "auto") -> dict[str, Any]:
-    """Audit ``archive``; ``thresholds`` holds ``Thresholds`` fields (min_psnr, max_psnr_drop, ...)."""
-    rec = audit_task(archive, sample_size, seed, network, encoder, report, thresholds, device)
+               device: str = "auto", manifest: str | None = None) -> dict[str, Any]:
+    """Audit ``archive`` (or per a YAML ``manifest``; given parameters override it); ``thresholds``
+    holds ``AuditThresholds`` fields (min_psnr, max_psnr_drop, min_ms_ssim, max_lpips, thumb_tolerance)."""
+    values = {k: v for k, v in dict(archive=archive, seed=seed, network=network, encoder=encoder, report=report,
+                                    thresholds=thresholds).items() if v is not None}
+    if manifest:
+        job = load_job(manifest, AuditJob, **values)
+    else:
+        job = make_job(AuditJob, dict(values, sample_size=sample_size, device=device))
+    archive = job.archive
+    rec = audit_task(job.model_dump())
     m = rec["metrics"]
     create_table_artifact(key="audit-summary", table=[{
         "archive": archive, "passed": rec["passed"], "problems": len(rec["problems"]), "sampled": rec["sampled"],

@@ -401,25 +401,30 @@ def inspect(archive: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("archive")
-@click.option("--sample", "sample_size", type=int, default=32, show_default=True, help="Rows decoded and synthesized.")
+@click.argument("archive", required=False)
+@click.option("--manifest", "manifest", default=None, help="An audit manifest (YAML, see manifests/); flags override it.")
+@click.option("--sample", "sample_size", type=int, default=None, help="Rows decoded and synthesized (default 32).")
 @click.option("--seed", type=int, default=None, help="Sample seed (default: today's date, YYYYMMDD).")
 @click.option("--network", default=None, help="Generator. Default: the bundled network.")
 @click.option("--encoder", default=None, help="Encoder. Default: the bundled encoder.")
 @click.option("--report", default=None, help="Write the HTML report here.")
-@click.option("--max-psnr-drop", type=float, default=0.5, show_default=True, help="dB below encode time that fails.")
+@click.option("--max-psnr-drop", type=float, default=None, help="dB below encode time that fails (default 0.5).")
 @click.option("--min-psnr", type=float, default=None, help="Fail below this PSNR (dB).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON.")
-def audit(archive: str, sample_size: int, seed: int | None, network: str | None, encoder: str | None,
-          report: str | None, max_psnr_drop: float, min_psnr: float | None, device: str, as_json: bool) -> None:
+def audit(archive: str | None, manifest: str | None, sample_size: int | None, seed: int | None, network: str | None,
+          encoder: str | None, report: str | None, max_psnr_drop: float | None, min_psnr: float | None,
+          device: str | None, as_json: bool) -> None:
     """Audit ARCHIVE: integrity, compatibility, determinism and quality. Exit status 1 on problems."""
-    from sg3archive.audit import Thresholds
-    from sg3archive.audit.record import audit_and_record
+    from sg3archive.audit.record import audit_job
+    from sg3archive.pipeline.jobs import AuditJob
 
-    result, history, report_url = audit_and_record(
-        archive, sample_size=sample_size, seed=seed, network=network, encoder=encoder, device=device, report=report,
-        thresholds=Thresholds(min_psnr=min_psnr, max_psnr_drop=max_psnr_drop))
+    job = _job_or_flags(AuditJob, manifest, dict(archive=archive, sample_size=sample_size, seed=seed, network=network,
+                                                 encoder=encoder, report=report, device=device))
+    overrides = {k: v for k, v in (("max_psnr_drop", max_psnr_drop), ("min_psnr", min_psnr)) if v is not None}
+    if overrides:
+        job = job.model_copy(update={"thresholds": job.thresholds.model_copy(update=overrides)})
+    result, history, report_url = audit_job(job)
     if as_json:
         click.echo(json.dumps(dict(result.record(), history=history, report=report_url), indent=2, default=str))
     else:
@@ -429,11 +434,12 @@ def audit(archive: str, sample_size: int, seed: int | None, network: str | None,
                    + (f", mean PSNR {m['psnr']['mean']:.2f} dB" if m["psnr"]["mean"] is not None else ""))
         for p in result.problems:
             click.echo(f"  {p}")
+        for n in result.notes:
+            click.echo(f"  note: {n}")
         if report_url:
             click.echo(f"report: {report_url}")
     if not result.passed:
         sys.exit(1)
-
 
 if __name__ == "__main__":
     main()

@@ -154,3 +154,33 @@ def test_audit_flow_fails_the_run_on_problems(prefect_harness, archive, tmp_path
     state = audit_flow(archive=str(archive), sample_size=3, device="cpu", return_state=True)
     assert state.is_failed()
     assert len(read_history(str(archive))) == 2
+
+
+def test_audit_manifest_with_lpips_threshold(archive, tmp_path, lpips_weights_dir, monkeypatch) -> None:
+    from click.testing import CliRunner
+
+    from sg3archive.cli import main
+
+    monkeypatch.setenv("SG3ARCHIVE_LPIPS_WEIGHTS", str(lpips_weights_dir))
+    manifest = tmp_path / "audit.yaml"
+    manifest.write_text(f"archive: {archive}\nsample_size: 3\nseed: 5\ndevice: cpu\n"
+                        "thresholds:\n  max_lpips: 0.0001\n  max_psnr_drop: 0.5\n")
+    res = CliRunner().invoke(main, ["audit", "--manifest", str(manifest), "--json"])
+    assert res.exit_code == 1, res.output
+    rec = json.loads(res.stdout)
+    assert rec["metrics"]["lpips"]["n"] == 3 and rec["thresholds"]["max_lpips"] == 0.0001
+    assert all(p.startswith("quality:") and "LPIPS" in p for p in rec["problems"]) and len(rec["problems"]) == 3
+    monkeypatch.setenv("SG3ARCHIVE_LPIPS_WEIGHTS", str(tmp_path / "nowhere"))
+    monkeypatch.setenv("SG3ARCHIVE_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch"))
+    import torch.hub
+
+    def offline(url, *a, **k):
+        raise OSError(f"offline test: {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    res = CliRunner().invoke(main, ["audit", "--manifest", str(manifest), "--json"])
+    assert res.stdout.strip(), (res.output, res.exception)
+    rec = json.loads(res.stdout)
+    assert res.exit_code == 0 and rec["metrics"]["lpips"]["n"] == 0
+    assert rec["notes"] and rec["notes"][0].startswith("LPIPS not measured")

@@ -23,7 +23,8 @@ SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "out" / "audit-report"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium; .ci/run installs it)")
-def test_report_renders_in_headless_chromium(tmp_path) -> None:
+def test_report_renders_in_headless_chromium(tmp_path, lpips_weights_dir, monkeypatch) -> None:
+    monkeypatch.setenv("SG3ARCHIVE_LPIPS_WEIGHTS", str(lpips_weights_dir))  # LPIPS measured too
     src = tmp_path / "src"
     shutil.copytree(SAMPLES, src)
     archive = tmp_path / "archive"
@@ -39,7 +40,8 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
                          capture_output=True, text=True, timeout=120).stdout
     for heading in ("Audit", "Thresholds", "Problems", "Worst reconstructions", "Distributions", "Trend"):
         assert heading in dom
-    assert dom.count("<img") == 3 * 8 and dom.count("<svg") == 5  # 8 worst rows x 3; 4 histograms + trend
+    assert dom.count("<img") == 3 * 8 and dom.count("<svg") == 6  # 8 worst rows x 3; 5 histograms + trend
+    assert "lpips: n 10" in dom and result.stats["lpips"].n == 10
     assert "PASSED" in dom and "over 2 audits" in dom
     SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
     shot = SCREENSHOT_DIR / "report.png"

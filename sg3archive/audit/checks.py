@@ -10,7 +10,8 @@ Four checks, each turning what it finds into precise problem messages:
   reconstruction's 8×8 thumbnail must equal the one recorded at encode time within a tolerance
   (catches a changed library, weight file or device drift);
 * quality — where a source is still reachable with its recorded sha256, PSNR and MS-SSIM of the
-  reconstruction against it, compared with the encode-time values and the job's thresholds.
+  reconstruction against it (and LPIPS when its weights are provisioned; otherwise a note says
+  so), compared with the encode-time values and the job's thresholds.
 
 Memory is constant in the sample size: rows are read shard by shard and processed in batches,
 and only fixed-size accumulators and the worst few images are kept.
@@ -47,6 +48,7 @@ class Thresholds:
     min_psnr: float | None = None  # dB, reconstruction vs reachable source
     max_psnr_drop: float | None = 0.5  # dB below the encode-time PSNR
     min_ms_ssim: float | None = None
+    max_lpips: float | None = None  # only checked when the LPIPS weights are provisioned
     thumb_tolerance: int = 2  # max |difference| of the 8×8 thumbnail, in 0..255 levels
 
 
@@ -58,6 +60,7 @@ class AuditResult:
     sample_size: int
     thresholds: Thresholds
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was not measured, and why
     sampled: int = 0
     compared: int = 0  # rows whose source was reachable with its recorded sha256
     shards_checked: int = 0
@@ -74,7 +77,7 @@ class AuditResult:
         """The JSON-able summary (also the audit-history row)."""
         return {
             "archive": self.archive, "started_at": self.started_at, "seed": self.seed, "passed": self.passed,
-            "problems": list(self.problems), "sampled": self.sampled, "compared": self.compared,
+            "problems": list(self.problems), "notes": list(self.notes), "sampled": self.sampled, "compared": self.compared,
             "shards_checked": self.shards_checked, "orphans": list(self.orphans), "seconds": self.seconds,
             "thresholds": vars(self.thresholds),
             "metrics": {k: v.summary() for k, v in self.stats.items()},
@@ -108,7 +111,7 @@ def _thumb(img: torch.Tensor) -> np.ndarray:
 def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, network: str | None = None,
               encoder: str | None = None, device: str = "auto", thresholds: Thresholds | None = None,
               storage_options: dict | None = None, source_storage_options: dict | None = None,
-              batch_size: int = 16, worst: int = 8) -> AuditResult:
+              batch_size: int = 16, worst: int = 8, lpips: bool = True) -> AuditResult:
     """Audit the archive at ``archive`` (see the module docstring). Never raises for what it
     finds: every finding is a line in ``problems``; ``passed`` is True when there is none."""
     started = dt.datetime.now(dt.timezone.utc)
@@ -116,7 +119,7 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
     res = AuditResult(archive, started.isoformat(timespec="seconds"), seed, sample_size, thresholds or Thresholds())
     th = res.thresholds
     res.stats = {"psnr": Stats(0.0, 60.0), "ms_ssim": Stats(0.0, 1.0), "psnr_drop": Stats(-5.0, 5.0),
-                 "thumb_diff": Stats(0.0, 32.0)}
+                 "thumb_diff": Stats(0.0, 32.0), "lpips": Stats(0.0, 1.0)}
     store = ArchiveStore.open(archive, storage_options=storage_options)
     settings = store.settings
 
@@ -154,6 +157,15 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
         return res  # cannot synthesize faithfully: determinism and quality are not measured
 
     # Determinism and quality on a stratified, seeded sample.
+    perceptual = None
+    if lpips:
+        from sg3archive.metrics import LPIPS
+        from sg3archive.metrics.quality import LpipsUnavailableError
+
+        try:
+            perceptual = LPIPS("alex", device=models.device)
+        except LpipsUnavailableError as exc:
+            res.notes.append("LPIPS not measured: " + str(exc).splitlines()[0])
     rng = np.random.default_rng(seed)
     picks = _allocate([r.rows for r in good_shards], sample_size, rng)
     worst_n = WorstN(worst)
@@ -165,14 +177,14 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
         del table
         for start in range(0, len(rows), batch_size):
             _audit_batch(rows[start : start + batch_size], record.name, models, codec, res, worst_n,
-                         source_storage_options)
+                         source_storage_options, perceptual)
     res.worst = worst_n.items()
     res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     return res
 
 
 def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, worst: WorstN,
-                 source_storage_options: dict | None) -> None:
+                 source_storage_options: dict | None, perceptual=None) -> None:
     th = res.thresholds
     ok = []
     for row in rows:
@@ -215,6 +227,9 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
         res.stats["ms_ssim"].add(s)
         drop = (row["psnr"] - p) if row["psnr"] is not None and math.isfinite(p) else float("nan")
         res.stats["psnr_drop"].add(drop)
+        lp = float(perceptual(img[None], x)[0]) if perceptual is not None else None
+        if lp is not None:
+            res.stats["lpips"].add(lp)
         worst.add(p, {"id": row["id"], "source_uri": row["source_uri"], "psnr": p, "ms_ssim": s,
                       "original": to_uint8(x)[0], "restored": to_uint8(img[None])[0]})
         where = f"row {row['id']} ({row['source_uri']})"
@@ -225,6 +240,8 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
             res.problems.append(f"quality: {where}: PSNR {p:.2f} dB below the threshold {th.min_psnr} dB")
         if th.min_ms_ssim is not None and s < th.min_ms_ssim:
             res.problems.append(f"quality: {where}: MS-SSIM {s:.3f} below the threshold {th.min_ms_ssim}")
+        if th.max_lpips is not None and lp is not None and lp > th.max_lpips:
+            res.problems.append(f"quality: {where}: LPIPS {lp:.3f} above the threshold {th.max_lpips}")
 
 
 def _reachable_source(row: dict, resolution: int, storage_options: dict | None) -> torch.Tensor | None:

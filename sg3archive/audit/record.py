@@ -23,3 +23,12 @@ def audit_and_record(archive: str, *, report: str | None = None, thresholds: Thr
             f.write(page)
         report_url = str(Path(report).resolve()) if "://" not in str(report) else str(report)
     return result, history_url, report_url
+
+
+def audit_job(job) -> tuple[AuditResult, str, str | None]:
+    """Run an :class:`~sg3archive.pipeline.jobs.AuditJob` (a manifest, the CLI or the flow)."""
+    return audit_and_record(
+        job.archive, report=job.report, thresholds=Thresholds(**job.thresholds.model_dump()),
+        storage_options=job.storage_options or None, sample_size=job.sample_size, seed=job.seed,
+        network=job.network, encoder=job.encoder, device=job.device, lpips=job.lpips,
+        source_storage_options=job.source_storage_options or None)

@@ -59,6 +59,7 @@ def render_report(result: AuditResult, history: list[dict]) -> str:
     rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(str(v))}</td></tr>"
                    for k, v in vars(result.thresholds).items())
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems) or "<li>none</li>"
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in result.notes)
     worst = ""
     for score, item in result.worst:
         diff = np.clip(np.abs(item["original"].astype(np.int16) - item["restored"].astype(np.int16)) * 4, 0, 255)
@@ -77,7 +78,7 @@ table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:4px}} fig
 {result.shards_checked} shards verified, {result.sampled} rows sampled, {result.compared} compared with their
 sources, {len(result.orphans)} uncommitted shard files, {len(result.problems)} problems, {result.seconds:.1f} s.</p>
 <h2 id="thresholds">Thresholds</h2><table>{rows}</table>
-<h2 id="problems">Problems</h2><ul>{problems}</ul>
+<h2 id="problems">Problems</h2><ul>{problems}</ul>{f"<p>Notes:</p><ul>{notes}</ul>" if notes else ""}
 <h2 id="worst">Worst reconstructions (original | restored | difference ×4)</h2><table>{worst}</table>
 <h2 id="distributions">Distributions</h2>{hists}
 <h2 id="trend">Trend</h2>{_trend(history)}

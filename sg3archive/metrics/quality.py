@@ -11,7 +11,9 @@ then torchvision's download; offline machines provision the file with
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import urllib.error
 import warnings
 from pathlib import Path
@@ -127,10 +129,12 @@ def _candidate(path: Path, spec: BackboneSpec) -> Path:
 
 
 def _download(spec: BackboneSpec) -> dict[str, Tensor]:
-    """torchvision's own download into the hub cache (checks the sha256 prefix in the file name)."""
-    return torch.hub.load_state_dict_from_url(
-        spec.url, map_location="cpu", progress=False, check_hash=True, file_name=spec.file_name, weights_only=True
-    )
+    """torchvision's own download into the hub cache (checks the sha256 prefix in the file name).
+    torch.hub announces downloads on stdout; that goes to stderr here, so ``--json`` output stays JSON."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return torch.hub.load_state_dict_from_url(
+            spec.url, map_location="cpu", progress=False, check_hash=True, file_name=spec.file_name, weights_only=True
+        )
 
 
 def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = None) -> tuple[dict[str, Tensor], str]:

@@ -87,6 +87,32 @@ class RestoreJob(_Spec):
         return value
 
 
+class AuditThresholds(_Spec):
+    """When an audit fails (see ``sg3archive.audit.Thresholds``); null switches a check off."""
+
+    min_psnr: float | None = None
+    max_psnr_drop: float | None = 0.5
+    min_ms_ssim: float | None = None
+    max_lpips: float | None = None
+    thumb_tolerance: int = Field(2, ge=0, le=255)
+
+
+class AuditJob(_Spec):
+    """Audit the archive at ``archive`` (the nightly job)."""
+
+    archive: str
+    sample_size: int = Field(32, ge=0)
+    seed: int | None = Field(None, description="default: the date, YYYYMMDD (a new sample each night)")
+    network: str | None = None
+    encoder: str | None = None
+    report: str | None = Field(None, description="write the HTML report here")
+    device: str = "auto"
+    lpips: bool = Field(True, description="measure LPIPS when its weights are provisioned")
+    thresholds: AuditThresholds = Field(default_factory=AuditThresholds)
+    storage_options: dict[str, Any] = Field(default_factory=dict)
+    source_storage_options: dict[str, Any] = Field(default_factory=dict)
+
+
 def _problems(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors())
 
