@@ -15,12 +15,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 
-from sg3archive.assets import default_network_url
-from sg3archive.checkpoints.encoder_file import save_encoder
-from sg3archive.checkpoints.loader import load_network
-from sg3archive.devices import resolve_device
-from sg3archive.errors import Sg3ArchiveError
-from sg3archive.training import TrainConfig, train_encoder
+from sg3archive.training import TrainConfig
+from sg3archive.training.trainer import train_for_network
 
 
 @task(name="train-encoder-steps")
@@ -28,23 +24,13 @@ def run_training(network: str | None, out_dir: str, export_dir: str | None, devi
                  config: dict[str, Any]) -> dict[str, Any]:
     """Load the generator (and its D when the file has one), train, export; returns a summary."""
     cfg = TrainConfig.from_dict(config)
-    dev = resolve_device(device)
-    source = network or default_network_url()
-    G = load_network(source, device=dev)
-    try:
-        D = load_network(source, key="D", device=dev)
-    except Sg3ArchiveError:
-        D = None
     progress_id = create_progress_artifact(progress=0.0, description=f"encoder training, {cfg.steps} steps")
 
     def on_log(step: int, record: dict[str, float]) -> None:
         update_progress_artifact(progress_id, progress=100.0 * step / max(1, cfg.steps))
 
-    result = train_encoder(G, cfg, out_dir, D=D, device=dev, progress=False, on_log=on_log)
-    fingerprint = None
-    if export_dir:
-        fingerprint = save_encoder(result.encoder, export_dir, generator_fingerprint=G.fingerprint,
-                                   info={"step": result.step, "train_config": cfg.to_dict(), "network": source})
+    result = train_for_network(network, cfg, out_dir, export_dir=export_dir, device=device, progress=False,
+                               on_log=on_log)
     if result.history:
         create_table_artifact(key="encoder-training-metrics", table=result.history[-50:],
                               description="last logged training metrics")
@@ -53,7 +39,7 @@ def run_training(network: str | None, out_dir: str, export_dir: str | None, devi
             f"# Encoder training\n\nstep {result.step} of {cfg.steps}; checkpoint `{result.checkpoint}`\n\n"
             f"latest input (top) vs reconstruction (bottom) grid: `{result.samples[-1]}`\n"))
     return {"step": result.step, "checkpoint": str(result.checkpoint), "export": export_dir,
-            "encoder_fingerprint": fingerprint, "last": result.history[-1] if result.history else {}}
+            "encoder_fingerprint": result.exported, "last": result.history[-1] if result.history else {}}
 
 
 @flow(name="train-encoder", log_prints=True)

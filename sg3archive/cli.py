@@ -221,9 +221,8 @@ def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, 
 
     Resumable: run the same command again to continue from OUT/checkpoint.
     """
-    from sg3archive.checkpoints.encoder_file import save_encoder
-    from sg3archive.checkpoints.loader import load_network
-    from sg3archive.training import TrainConfig, train_encoder
+    from sg3archive.training import TrainConfig
+    from sg3archive.training.trainer import train_for_network
 
     try:
         config = TrainConfig(
@@ -235,25 +234,16 @@ def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, 
             sample_every=sample_every, checkpoint_every=checkpoint_every)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    dev = _device(device)
-    source = network or default_network_url()
-    G = load_network(source, device=dev)
-    D = None
     try:
-        D = load_network(source, key="D", device=dev)
-    except Sg3ArchiveError:
-        pass  # no discriminator in the file: no feature matching
-    try:
-        result = train_encoder(G, config, out_dir, D=D, device=dev, resume=resume, init_from=init_encoder)
+        result = train_for_network(network, config, out_dir, export_dir=export_dir, device=_device(device),
+                                   resume=resume, init_from=init_encoder)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     last = result.history[-1] if result.history else {}
     click.echo(f"trained to step {result.step}; last loss {last.get('loss', float('nan')):.4f}; "
                f"checkpoint {result.checkpoint}")
     if export_dir:
-        fp = save_encoder(result.encoder, export_dir, generator_fingerprint=G.fingerprint,
-                          info={"step": result.step, "train_config": config.to_dict(), "network": source})
-        click.echo(f"encoder {fp[:16]}… -> {export_dir}")
+        click.echo(f"encoder {result.exported[:16]}… -> {export_dir}")
 
 
 @main.command("evaluate-encoder")

@@ -148,3 +148,23 @@ def test_bundled_encoder_beats_the_mean_latent_image() -> None:
     result = evaluate_encoder(G, encoder, 8, batch_size=8)
     assert result["encoder"]["psnr"] > result["mean_latent"]["psnr"] + 4
     assert result["encoder"]["ms_ssim"] > result["mean_latent"]["ms_ssim"]
+
+
+def test_real_images_train_and_bad_files_are_skipped(t64, tmp_path) -> None:
+    """Real images from a folder, decoded as the archive decodes them; an unreadable one is recorded."""
+    import shutil
+    from pathlib import Path
+
+    from sg3archive.training.data import RealImages
+
+    folder = tmp_path / "photos"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "images", folder)
+    (folder / "broken.png").write_bytes(b"not a png")
+    real = RealImages(str(folder), t64.img_resolution)
+    assert len(real.urls) == 11
+    x = real(40, torch.Generator().manual_seed(0))
+    assert x.shape == (40, 3, 64, 64) and -1 <= float(x.min()) and float(x.max()) <= 1
+    assert list(real.bad) == [next(u for u in real.urls if u.endswith("broken.png"))]
+    config = TrainConfig(steps=2, data=str(folder), real_fraction=0.5, **SMALL)
+    result = train_encoder(t64, config, tmp_path / "run", progress=False)
+    assert result.step == 2 and all(math.isfinite(h["loss"]) for h in result.history)

@@ -20,20 +20,19 @@ and only fixed-size accumulators and the worst few images are kept.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sg3archive.audit.accumulators import Stats, WorstN
 from sg3archive.codec.errors import CodecError
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics import ms_ssim, psnr
-from sg3archive.pipeline.models import load_codec, load_models
+from sg3archive.pipeline.compress import recon_thumbnail
+from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.inputs import FitInfo, decode_image, fit_to_square, read_bytes, sha256_hex, to_tensor
@@ -104,10 +103,6 @@ def _allocate(rows: list[int], total: int, rng: np.random.Generator) -> list[np.
             for r, k in zip(rows, take)]
 
 
-def _thumb(img: torch.Tensor) -> np.ndarray:
-    return to_uint8(F.adaptive_avg_pool2d(img.float(), 8)[None])[0].astype(np.int16)
-
-
 def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, network: str | None = None,
               encoder: str | None = None, device: str = "auto", thresholds: Thresholds | None = None,
               storage_options: dict | None = None, source_storage_options: dict | None = None,
@@ -117,7 +112,6 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
     started = dt.datetime.now(dt.timezone.utc)
     seed = nightly_seed() if seed is None else seed
     res = AuditResult(archive, started.isoformat(timespec="seconds"), seed, sample_size, thresholds or Thresholds())
-    th = res.thresholds
     res.stats = {"psnr": Stats(0.0, 60.0), "ms_ssim": Stats(0.0, 1.0), "psnr_drop": Stats(-5.0, 5.0),
                  "thumb_diff": Stats(0.0, 32.0), "lpips": Stats(0.0, 1.0)}
     store = ArchiveStore.open(archive, storage_options=storage_options)
@@ -143,15 +137,7 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
         codec = load_codec(store.codec_url, storage_options)
     except Sg3ArchiveError as exc:
         res.problems.append(f"compatibility: the archive's codec model does not load: {exc}")
-    if models is not None:
-        for what, have, want in (("generator", models.G.fingerprint, settings.get("generator_fingerprint")),
-                                 ("encoder", models.encoder.fingerprint, settings.get("encoder_fingerprint"))):
-            if have != want:
-                res.problems.append(f"compatibility: {what} fingerprint {have[:16]}… differs from the archive's "
-                                    f"{str(want)[:16]}… ({models.network if what == 'generator' else models.encoder_url})")
-    if codec is not None and codec.hash != settings.get("codec_hash"):
-        res.problems.append(f"compatibility: codec model {codec.hash[:16]}… differs from the archive's "
-                            f"{str(settings.get('codec_hash'))[:16]}…")
+    res.problems += [f"compatibility: {m}" for m in fingerprint_mismatches(settings, models, codec)]
     if models is None or codec is None or any(p.startswith("compatibility") for p in res.problems):
         res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
         return res  # cannot synthesize faithfully: determinism and quality are not measured
@@ -212,7 +198,7 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
     with torch.no_grad():
         recon = models.G.synthesis(ws).clamp(-1, 1)
     for row, img in zip(ok, recon):
-        diff = int(np.abs(_thumb(img.cpu()) - np.frombuffer(row["recon_thumb"], np.uint8).reshape(8, 8, 3)).max())
+        diff = int(np.abs(recon_thumbnail(img.cpu()).astype(np.int16) - np.frombuffer(row["recon_thumb"], np.uint8).reshape(8, 8, 3)).max())
         res.stats["thumb_diff"].add(float(diff))
         if diff > th.thumb_tolerance:
             res.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently from "
@@ -250,7 +236,7 @@ def _reachable_source(row: dict, resolution: int, storage_options: dict | None) 
         data = read_bytes(row["source_uri"], storage_options)
     except (OSError, Sg3ArchiveError, ValueError):
         return None
-    if hashlib.sha256(data).hexdigest() != row["source_sha256"]:
+    if sha256_hex(data) != row["source_sha256"]:
         return None
     try:
         img = decode_image(data)

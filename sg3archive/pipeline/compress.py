@@ -33,12 +33,12 @@ from sg3archive.pixels import to_uint8
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.format import ArchiveMismatchError
+from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
 from sg3archive.store.inputs import (
     ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes, sha256_hex, to_tensor,
 )
 from sg3archive.training.data import SyntheticPairs
 
-CODEC_DIR = "codec"
 PLANS_DIR = "_plans"
 MAPPING_CALIBRATION = 512  # mapping-network W+ samples added to the codec's calibration set
 
@@ -167,10 +167,9 @@ def prepare(job: CompressJob) -> dict:
     """Open (to resume) or create the archive; fit and store its codec model on first use.
     Returns the archive settings. Refuses an existing archive made with other models."""
     models = load_models(job.network, job.encoder, job.device)
-    codec_url = posixpath.join(job.destination.rstrip("/"), CODEC_DIR)
+    codec_url = posixpath.join(job.destination.rstrip("/"), CODEC_DIR)  # the store's layout, before it exists
     fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
-    if fs.exists(posixpath.join(root, "archive.json")):
-        store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
+    if fs.exists(posixpath.join(root, ARCHIVE_FILE)):
         codec = load_codec(codec_url, job.storage_options)
         name, bits = resolve_bits(job.profile, codec.num_ws)
         if name != codec.model.profile or (name == "custom" and [float(b) for b in bits] != list(codec.bits)):
@@ -178,9 +177,8 @@ def prepare(job: CompressJob) -> dict:
                 f"{job.destination} was made with codec profile {codec.model.profile!r} "
                 f"(bits {[float(b) for b in codec.bits]}), not {job.profile!r}; use its profile to add to it, "
                 "or a new destination")
-        wanted = _settings(job, models, codec)
-        ArchiveStore.create(job.destination, wanted, storage_options=job.storage_options)  # checks they match
-        return store.settings
+        # Opens the archive, refusing it when it was made with other models or settings.
+        return ArchiveStore.create(job.destination, _settings(job, models, codec), job.storage_options).settings
     coder = "range" if job.coder == "arithmetic" else job.coder
     codec = LatentCodec.fit(_calibration_ws(job, models), profile=job.profile, coder=coder)
     codec.save(codec_url, storage_options=job.storage_options)
@@ -220,10 +218,10 @@ def _read_plan(plan: ShardPlan, job: CompressJob) -> list[str]:
         return [line for line in f.read().splitlines() if line]
 
 
-def _thumb(img: torch.Tensor) -> bytes:
-    """8×8 RGB uint8 thumbnail of a reconstruction: the audit's determinism fingerprint."""
-    small = F.adaptive_avg_pool2d(img.float(), 8)
-    return to_uint8(small[None])[0].tobytes()
+def recon_thumbnail(img: torch.Tensor) -> np.ndarray:
+    """``[8, 8, 3]`` uint8 thumbnail of one reconstruction ``[3, R, R]``: the fingerprint written at
+    encode time and compared by the audit's determinism check."""
+    return to_uint8(F.adaptive_avg_pool2d(img.float(), 8)[None])[0]
 
 
 def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
@@ -235,7 +233,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
     started = time.perf_counter()
     models = load_models(job.network, job.encoder, job.device)
     store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
-    codec = load_codec(posixpath.join(job.destination.rstrip("/"), CODEC_DIR), job.storage_options)
+    codec = load_codec(store.codec_url, job.storage_options)
     key = settings_key(store.settings)
     done = store.committed_keys()
     result = ShardResult(plan.index)
@@ -270,10 +268,9 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
                 fail(info, "encode", f"{type(exc).__name__}: {exc}")
             return
         for i, info in enumerate(infos):
-            sid = hashlib.sha256(f"{info['source_uri']}\n{info['source_sha256']}".encode()).hexdigest()[:32]
-            rows.append(dict(info, id=sid, payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
+            rows.append(dict(info, id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
                              bits=[float(b) for b in codec.bits], profile=codec.model.profile, transform=None,
-                             psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=_thumb(recon[i].cpu()),
+                             psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=recon_thumbnail(recon[i].cpu()).tobytes(),
                              encoder_fingerprint=models.encoder.fingerprint,
                              generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash,
                              settings_key=key, encoded_at=now()))

@@ -51,3 +51,16 @@ def load_codec(url: str, storage_options: dict | None = None) -> LatentCodec:
     codec = LatentCodec.load(url, storage_options=storage_options)
     with _LOCK:
         return _CODECS.setdefault((url, codec.hash), codec)
+
+
+def fingerprint_mismatches(settings: dict, models: Models | None, codec: LatentCodec | None) -> list[str]:
+    """One line per model whose fingerprint differs from the one an archive's ``settings`` record
+    (models not given are not compared)."""
+    pairs = []
+    if models is not None:
+        pairs += [("generator", models.G.fingerprint, settings.get("generator_fingerprint"), f" ({models.network})"),
+                  ("encoder", models.encoder.fingerprint, settings.get("encoder_fingerprint"), f" ({models.encoder_url})")]
+    if codec is not None:
+        pairs.append(("codec model", codec.hash, settings.get("codec_hash"), ""))
+    return [f"{what} fingerprint {have[:16]}… differs from the archive's {str(want)[:16]}…{where}"
+            for what, have, want, where in pairs if have != want]

@@ -4,6 +4,7 @@ files under the destination (never outside it), skipping outputs that already ex
 from __future__ import annotations
 
 import fnmatch
+import io
 import os
 import posixpath
 import time
@@ -18,9 +19,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from sg3archive.errors import FingerprintMismatchError, Sg3ArchiveError
-from sg3archive.pipeline.compress import CODEC_DIR
 from sg3archive.pipeline.jobs import RestoreJob
-from sg3archive.pipeline.models import load_codec, load_models
+from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.inputs import FitInfo, unfit
@@ -55,17 +55,6 @@ def output_name(source_uri: str, fmt: str) -> str:
     return str(PurePosixPath(*pieces).with_suffix(SUFFIX[fmt]))
 
 
-def _check_models(store: ArchiveStore, G: torch.nn.Module, E: torch.nn.Module, codec_hash: str) -> None:
-    s = store.settings
-    for what, have, want in (("generator", G.fingerprint, s.get("generator_fingerprint")),
-                             ("encoder", E.fingerprint, s.get("encoder_fingerprint")),
-                             ("codec model", codec_hash, s.get("codec_hash"))):
-        if have != want:
-            raise FingerprintMismatchError(
-                f"the archive was made with {what} {str(want)[:16]}…, but the one loaded is {str(have)[:16]}…; "
-                f"pass the {what} the archive was written with")
-
-
 def _selected(job: RestoreJob, batch: dict) -> list[int]:
     keep = []
     ids = set(job.ids or [])
@@ -83,8 +72,10 @@ def restore(job: RestoreJob, progress: bool = True) -> RestoreSummary:
     started = time.perf_counter()
     store = ArchiveStore.open(job.archive, storage_options=job.storage_options)
     models = load_models(job.network, job.encoder, job.device)
-    codec = load_codec(posixpath.join(job.archive.rstrip("/"), CODEC_DIR), job.storage_options)
-    _check_models(store, models.G, models.encoder, codec.hash)
+    codec = load_codec(store.codec_url, job.storage_options)
+    mismatches = fingerprint_mismatches(store.settings, models, codec)
+    if mismatches:
+        raise FingerprintMismatchError("; ".join(mismatches) + "; pass the models the archive was written with")
     fs, root = fsspec.core.url_to_fs(job.destination)
     fs.makedirs(root, exist_ok=True)
     summary = RestoreSummary(job.destination)
@@ -121,8 +112,6 @@ def restore(job: RestoreJob, progress: bool = True) -> RestoreSummary:
 
 def _write_image(fs: fsspec.AbstractFileSystem, target: str, img: np.ndarray, fmt: str) -> None:
     """Encode then write under a temporary name and rename: a crash leaves no partial image."""
-    import io
-
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(img)).save(buf, format={"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}[fmt],
                                                     **({"quality": 95} if fmt != "png" else {}))

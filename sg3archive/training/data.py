@@ -10,12 +10,10 @@ so a resumed run draws exactly the batches an uninterrupted one would.
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import fsspec
 import numpy as np
 import torch
 from PIL import Image
@@ -23,8 +21,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sg3archive.networks.generator import Generator
+from sg3archive.store.inputs import decode_image, fit_to_square, iter_sources, read_bytes, to_tensor
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".avif")
 
 
 class SyntheticPairs:
@@ -113,36 +111,23 @@ class SyntheticPool:
         return self.images[idx], self.ws[idx]
 
 
-def list_images(url: str, storage_options: dict | None = None) -> list[str]:
-    """Image files under a folder or bucket prefix (recursive), sorted, as full URLs."""
-    fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    if fs.isfile(root):
-        found = [root]
-    else:
-        found = [p for p in fs.find(root) if p.lower().endswith(IMAGE_SUFFIXES)]
-    if not found:
-        raise FileNotFoundError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {url}")
-    return sorted(fs.unstrip_protocol(p) for p in found)
-
-
 def image_to_tensor(data: bytes, resolution: int, channels: int = 3) -> torch.Tensor:
-    """Decode image bytes, centre-crop to a square, resize to ``resolution`` → ``[C, R, R]`` in [-1, 1]."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.load()
-        img = img.convert("L" if channels == 1 else "RGB")
-    w, h = img.size
-    side = min(w, h)
-    img = img.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side))
-    img = img.resize((resolution, resolution), Image.Resampling.LANCZOS)
-    arr = np.asarray(img, dtype=np.float32).reshape(resolution, resolution, -1)
-    return torch.from_numpy(arr).permute(2, 0, 1) / 127.5 - 1
+    """Decode image bytes as the archive does (``sg3archive.store.inputs``: pixel limit, EXIF,
+    mode rules), centre-crop to a square, resize to ``resolution`` → ``[C, R, R]`` in [-1, 1]."""
+    square, _ = fit_to_square(decode_image(data).rgb, resolution, "crop")
+    if channels == 1:
+        gray = np.asarray(Image.fromarray(square).convert("L"), dtype=np.float32)
+        return torch.from_numpy(gray)[None] / 127.5 - 1
+    return to_tensor(square)
 
 
 class RealImages:
     """Real images from a folder or bucket, decoded lazily; unreadable files are skipped with a warning."""
 
     def __init__(self, url: str, resolution: int, channels: int = 3, storage_options: dict | None = None) -> None:
-        self.urls = list_images(url, storage_options)
+        self.urls = sorted(iter_sources(url, storage_options=storage_options))
+        if not self.urls:
+            raise FileNotFoundError(f"no image files under {url}")
         self.resolution, self.channels = resolution, channels
         self.storage_options = storage_options or {}
         self.bad: dict[str, str] = {}
@@ -156,8 +141,7 @@ class RealImages:
             if url in self.bad:
                 continue
             try:
-                with fsspec.open(url, "rb", **self.storage_options) as f:
-                    out.append(image_to_tensor(f.read(), self.resolution, self.channels))
+                out.append(image_to_tensor(read_bytes(url, self.storage_options or None), self.resolution, self.channels))
             except Exception as exc:  # any decode failure: record, skip, keep training
                 self.bad[url] = f"{type(exc).__name__}: {exc}"
         return torch.stack(out)

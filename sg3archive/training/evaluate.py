@@ -28,13 +28,11 @@ def evaluate_encoder(G: torch.nn.Module, encoder: torch.nn.Module, num_images: i
     gen = torch.Generator().manual_seed(seed)
     device = G.mapping.w_avg.device
     sums: dict[str, dict[str, float]] = {"encoder": {}, "mean_latent": {}}
+    mean_image = G.synthesis(G.mapping.w_avg.to(device).expand(1, G.num_ws, -1)).clamp(-1, 1)  # the same for all
     for start in range(0, num_images, batch_size):
         x, _ = pairs(min(batch_size, num_images - start), gen)
         ws = encode_images(encoder, x, batch_size)
-        recon = {
-            "encoder": G.synthesis(ws).clamp(-1, 1),
-            "mean_latent": G.synthesis(G.mapping.w_avg.to(device).expand(len(x), G.num_ws, -1)).clamp(-1, 1),
-        }
+        recon = {"encoder": G.synthesis(ws).clamp(-1, 1), "mean_latent": mean_image.expand(len(x), -1, -1, -1)}
         for name, y in recon.items():
             vals = {"psnr": psnr(y, x), "ms_ssim": ms_ssim(y, x)}
             if lpips is not None:

@@ -11,12 +11,10 @@ Checkpoints, a metrics log (JSON lines) and input-vs-reconstruction grids go to 
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -38,20 +36,21 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     checkpoint: Path | None = None
     samples: list[Path] = field(default_factory=list)
+    exported: str | None = None  # fingerprint of the encoder written by ``train_for_network(export_dir=...)``
 
 
 def enabled_layers(config: TrainConfig, num_ws: int, step: int) -> torch.Tensor:
-    """Bool mask ``[num_ws]`` of the W+ layers trained at ``step`` (progressive W+)."""
-    mask = torch.ones(num_ws, dtype=torch.bool)
-    if config.progressive:
-        groups = hierarchy_groups(num_ws)
-        mask[:] = False
-        for g, layers in enumerate(groups):
-            start = config.progressive[min(g, len(config.progressive) - 1)] if g < len(config.progressive) else math.inf
-            if step >= start:
-                mask[layers] = True
-        if not mask.any():
-            mask[groups[0]] = True
+    """Bool mask ``[num_ws]`` of the W+ layers trained at ``step`` (progressive W+): group ``g``
+    (coarse → fine) from step ``progressive[g]`` on, groups without a start step never; the coarse
+    group always."""
+    if not config.progressive:
+        return torch.ones(num_ws, dtype=torch.bool)
+    groups = hierarchy_groups(num_ws)
+    mask = torch.zeros(num_ws, dtype=torch.bool)
+    mask[groups[0]] = True
+    for layers, start in zip(groups, config.progressive):
+        if step >= start:
+            mask[layers] = True
     return mask
 
 
@@ -217,3 +216,39 @@ def train_encoder(
     bar.close()
     encoder.eval()
     return TrainResult(encoder, step, history, ckpt_dir if ckpt_dir.exists() else None, samples)
+
+
+def train_for_network(
+    network: str | None,
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    export_dir: str | None = None,
+    device: str | torch.device = "auto",
+    resume: bool = True,
+    progress: bool = True,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    init_from: str | Path | None = None,
+) -> TrainResult:
+    """Train an encoder for the generator in the network file ``network`` (default: the bundled
+    one), with feature matching when the file also has a ``D``; write the final encoder to
+    ``export_dir`` when given. What the ``train`` command and the train-encoder flow run."""
+    from sg3archive.assets import default_network_url
+    from sg3archive.checkpoints.encoder_file import save_encoder
+    from sg3archive.checkpoints.loader import load_network
+    from sg3archive.devices import resolve_device
+    from sg3archive.errors import Sg3ArchiveError
+
+    dev = resolve_device(device)
+    source = network or default_network_url()
+    G = load_network(source, device=dev)
+    try:
+        D = load_network(source, key="D", device=dev)
+    except Sg3ArchiveError:
+        D = None  # no discriminator in the file: no feature matching
+    result = train_encoder(G, config, out_dir, D=D, device=dev, resume=resume, progress=progress, on_log=on_log,
+                           init_from=init_from)
+    if export_dir:
+        result.exported = save_encoder(result.encoder, export_dir, generator_fingerprint=G.fingerprint,
+                                       info={"step": result.step, "train_config": config.to_dict(), "network": source})
+    return result
