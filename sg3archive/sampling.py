@@ -11,8 +11,13 @@ import torch
 from sg3archive.networks.generator import Generator
 
 
+MAX_SEEDS = 100_000  # one command's images; more is a mistake (or a job for several runs)
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes 32-bit seeds
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-7"``, ``"1,5,9"`` or ``"0-3,10"`` → list of non-negative ints, in order."""
+    """``"0-7"``, ``"1,5,9"`` or ``"0-3,10"`` → list of non-negative ints, in order; at most
+    :data:`MAX_SEEDS` of them, each at most :data:`MAX_SEED`."""
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()
@@ -23,6 +28,10 @@ def parse_seeds(text: str) -> list[int]:
         hi = int(match.group(2)) if match.group(2) is not None else lo
         if hi < lo:
             raise ValueError(f"bad seed range {part!r}: the end is below the start")
+        if hi > MAX_SEED:
+            raise ValueError(f"bad seed {hi} in {part!r}: seeds go up to {MAX_SEED}")
+        if len(seeds) + hi - lo + 1 > MAX_SEEDS:
+            raise ValueError(f"--seeds {text!r} asks for more than {MAX_SEEDS:,} images; split it over several runs")
         seeds.extend(range(lo, hi + 1))
     return seeds
 

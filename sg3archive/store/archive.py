@@ -163,10 +163,13 @@ class ArchiveStore:
         fs.invalidate_cache(path)
         try:
             raw = fs.cat_file(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            folder = path.rsplit("/", 1)[0]
+            what = "is a file, not an archive folder" if fs.isfile(folder) else (
+                f"is not an sg3archive archive (no {ARCHIVE_FILE})" if fs.isdir(folder) else "does not exist")
             raise ArchiveNotFoundError(
-                f"{url} is not an sg3archive archive (no {ARCHIVE_FILE}); create one with ArchiveStore.create, "
-                "or check the URL and storage_options") from None
+                f"archive {url} {what}: check the path (and storage_options for a bucket); "
+                f"`sg3archive compress SRC {url}` creates an archive") from None
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -313,13 +316,17 @@ class ArchiveStore:
         A re-run skips a source whose key is here. Only these three columns are read. A failure
         recorded before the source could be hashed has source_sha256 None.
         """
+        return set().union(*self.committed_keys_by_kind().values())
+
+    def committed_keys_by_kind(self) -> dict[str, set[tuple[str, str | None, str]]]:
+        """:meth:`committed_keys`, kept apart by table kind (``images``, ``failures``)."""
         manifest = self.manifest()
-        keys: set[tuple[str, str | None, str]] = set()
+        keys: dict[str, set[tuple[str, str | None, str]]] = {kind: set() for kind in KINDS}
         for kind in KINDS:
             if not manifest.shards_of(kind):
                 continue
             table = self._dataset(kind, manifest=manifest).to_table(columns=list(KEY_COLUMNS))
-            keys.update(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
+            keys[kind].update(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
         return keys
 
     # -- checking --------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from tqdm import tqdm
 
 from sg3archive.encoding import encode_images
 from sg3archive.metrics import ms_ssim, psnr
@@ -21,16 +22,20 @@ HELD_OUT_SEED = 1_000_003
 @torch.no_grad()
 def evaluate_encoder(G: torch.nn.Module, encoder: torch.nn.Module, num_images: int = 64, *,
                      seed: int = HELD_OUT_SEED, batch_size: int = 16, truncation_psi: float = 0.7,
-                     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> dict[str, dict]:
+                     lpips: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     progress: bool = False) -> dict[str, dict]:
     """Mean PSNR (dB), MS-SSIM and LPIPS (when ``lpips`` is given) of ``G(E(x))`` and of
-    ``G(w_avg)`` against ``num_images`` synthetic images ``x`` (style-mixed, ψ = ``truncation_psi``)."""
+    ``G(w_avg)`` against ``num_images`` synthetic images ``x`` (style-mixed, ψ = ``truncation_psi``).
+    ``progress`` shows a bar (stderr) over the images."""
     pairs = SyntheticPairs(G, truncation_psi=truncation_psi)
     gen = torch.Generator().manual_seed(seed)
     device = G.mapping.w_avg.device
     sums: dict[str, dict[str, float]] = {"encoder": {}, "mean_latent": {}}
     mean_image = G.synthesis(G.mapping.w_avg.to(device).expand(1, G.num_ws, -1)).clamp(-1, 1)  # the same for all
+    bar = tqdm(total=num_images, desc="evaluate encoder", unit="img", disable=not progress)
     for start in range(0, num_images, batch_size):
         x, _ = pairs(min(batch_size, num_images - start), gen)
+        bar.update(len(x))
         ws = encode_images(encoder, x, batch_size)
         recon = {"encoder": G.synthesis(ws).clamp(-1, 1), "mean_latent": mean_image.expand(len(x), -1, -1, -1)}
         for name, y in recon.items():
@@ -39,4 +44,5 @@ def evaluate_encoder(G: torch.nn.Module, encoder: torch.nn.Module, num_images: i
                 vals["lpips"] = lpips(y, x)
             for k, v in vals.items():
                 sums[name][k] = sums[name].get(k, 0.0) + float(v.sum())
+    bar.close()
     return {name: {k: v / num_images for k, v in vals.items()} for name, vals in sums.items()}
