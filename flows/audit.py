@@ -1,7 +1,9 @@
 """Prefect flow: the nightly quality audit of an archive (calls ``sg3archive.audit``).
 
-Publishes a table and a markdown artifact, writes the HTML report when asked, appends the
-audit record to the archive's history, and FAILS the flow run when the audit finds problems.
+Publishes a table, a markdown summary (verdict with its thresholds, problems, unverified
+sources, notes, a link to the report) and, when a report was written, a link artifact to it;
+appends the audit record to the archive's history, and FAILS the flow run when the audit finds
+problems.
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from sg3archive.audit.record import audit_job
+from sg3archive.audit.record import audit_job, report_link, summary_markdown
 from sg3archive.pipeline.jobs import AuditJob, load_job, make_job
 
 
@@ -42,13 +44,16 @@ def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | No
     m = rec["metrics"]
     create_table_artifact(key="audit-summary", table=[{
         "archive": archive, "passed": rec["passed"], "problems": len(rec["problems"]), "sampled": rec["sampled"],
-        "compared": rec["compared"], "mean_psnr": m["psnr"]["mean"], "mean_ms_ssim": m["ms_ssim"]["mean"],
+        "compared": rec["compared"], "unverified_sources": len(rec["unverified_sources"]),
+        "mean_psnr": m["psnr"]["mean"], "mean_ms_ssim": m["ms_ssim"]["mean"],
         "max_thumb_diff": m["thumb_diff"]["max"]}], description="nightly audit")
-    lines = "\n".join(f"- {p}" for p in rec["problems"][:50]) or "- none"
-    create_markdown_artifact(key="audit-report", markdown=(
-        f"# Audit {'passed' if rec['passed'] else 'FAILED'}\n\n{archive}: {rec['sampled']} rows sampled, "
-        f"{rec['compared']} compared with their sources.\n\n## Problems\n{lines}\n\nReport: {rec['report']}\n"))
-    print(f"audit {'passed' if rec['passed'] else 'FAILED'}: {len(rec['problems'])} problems")
+    create_markdown_artifact(key="audit-report", markdown=summary_markdown(rec, rec["report"]),
+                             description=f"audit {rec['verdict']}")
+    if rec["report"]:
+        create_link_artifact(key="audit-report-html", link=report_link(rec["report"]), link_text="HTML audit report",
+                             description=f"audit of {archive}")
+    print(f"audit {rec['verdict']}: {len(rec['problems'])} problems, "
+          f"{len(rec['unverified_sources'])} sources not verified")
     if not rec["passed"]:
         raise AuditFailed(f"{len(rec['problems'])} problems, e.g. {rec['problems'][0]}")
     return rec

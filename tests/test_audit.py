@@ -1,5 +1,6 @@
 """The audit on a real archive made with the bundled pack: an untouched archive passes; each
-kind of tampering is reported precisely and fails it."""
+kind of tampering is reported precisely and fails it; sources that went missing or changed are
+listed by image id with the reason, without failing it."""
 
 from __future__ import annotations
 
@@ -55,15 +56,21 @@ def test_untouched_archive_passes_and_records_history(archive, tmp_path) -> None
 
 
 def test_flipped_byte_in_a_shard_is_reported(archive) -> None:
+    import hashlib
+
     store = ArchiveStore.open(str(archive))
-    shard = store.shards("images")[0].name
-    path = archive / "shards" / shard
+    record = store.shards("images")[0]
+    path = archive / "shards" / record.name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
     result = run_audit(str(archive), sample_size=4, seed=1, device="cpu")
     assert not result.passed
-    assert any(p.startswith(f"integrity: shard {shard}") and "sha256" in p for p in result.problems), result.problems
+    expected = (f"integrity: shard {record.name}: sha256 mismatch: expected {record.sha256} "
+                f"found {hashlib.sha256(bytes(data)).hexdigest()}")
+    assert expected in result.problems, result.problems
+    assert all(p.count(record.name) == 1 for p in result.problems)  # the shard is named once
+    assert result.verdict().startswith("FAILED (thresholds: ")
 
 
 def test_deleted_shard_is_reported(archive) -> None:
@@ -115,6 +122,58 @@ def test_changed_source_quality_threshold_and_stratified_sample(archive, pristin
     assert again.passed and again.sampled == 5
 
 
+def test_missing_and_changed_sources_are_listed_by_id(archive, pristine) -> None:
+    """A source deleted or edited since encoding is listed (id, URI, reason) in the CLI text and
+    the audit record; it is not archive damage, so the audit still passes."""
+    from click.testing import CliRunner
+
+    from sg3archive.cli import main
+
+    src = pristine[0]
+    ids = dict(zip(*(ArchiveStore.open(str(archive)).read_table("images", columns=["source_uri", "id"])
+                     .column(c).to_pylist() for c in ("source_uri", "id"))))
+    gone, edited = src / "texture_01.png", src / "texture_02.png"
+    gone_uri, edited_uri = (next(u for u in ids if u.endswith(f"/{p.name}")) for p in (gone, edited))
+    kept, original = gone.read_bytes(), edited.read_bytes()
+    gone.unlink()
+    edited.write_bytes(original + b"edited")
+    try:
+        res = CliRunner().invoke(main, ["audit", str(archive), "--sample", "10", "--seed", "3", "--device", "cpu"])
+    finally:
+        gone.write_bytes(kept)
+        edited.write_bytes(original)
+    assert res.exit_code == 0, (res.output, res.exception)
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("audit PASSED (thresholds: PSNR drop ≤ 0.5 dB vs encode time, "
+                               "thumbnail difference ≤ 2 levels; not checked: min PSNR, min MS-SSIM"), lines
+    assert lines[1].startswith("  quality: mean PSNR ") and "over 8 images compared" in lines[1]
+    assert "  sources not verified (2; their quality was not measured; not archive damage, so not a failure):" in lines
+    assert f"    {ids[gone_uri]}: source missing: {gone_uri}" in lines
+    changed = (f"    {ids[edited_uri]}: source changed: {edited_uri}: sha256 expected "
+               f"{_sha256(original)} found {_sha256(original + b'edited')}")
+    assert changed in lines, lines
+    assert "audit: rows" in res.stderr and "10/10" in res.stderr  # the progress bar, on stderr only
+    assert "audit: rows" not in res.stdout
+    rec = json.loads(_history_records(archive)[-1])
+    assert rec["compared"] == 8 and rec["passed"]
+    assert sorted((u["id"], u["kind"]) for u in rec["unverified_sources"]) == sorted(
+        [(ids[gone_uri], "missing"), (ids[edited_uri], "changed")])
+    assert {u["uri"] for u in rec["unverified_sources"]} == {gone_uri, edited_uri}
+
+
+def _sha256(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _history_records(archive: Path) -> list[str]:
+    """The full audit records (JSON) kept in the archive's history, oldest first."""
+    import pyarrow.parquet as pq
+
+    return [pq.read_table(p).column("record")[0].as_py() for p in sorted((archive / "_audit").glob("*.parquet"))]
+
+
 def test_accumulators_are_mergeable_and_bounded() -> None:
     a, b, whole = Stats(0, 10), Stats(0, 10), Stats(0, 10)
     xs = [float(x) for x in torch.rand(1000, generator=torch.Generator().manual_seed(0)) * 10]
@@ -137,23 +196,40 @@ def test_cli_audit_exit_status(archive) -> None:
 
     res = CliRunner().invoke(main, ["audit", str(archive), "--sample", "3", "--device", "cpu", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["passed"] is True
-    (archive / "shards" / ArchiveStore.open(str(archive)).shards("images")[0].name).unlink()
+    rec = json.loads(res.stdout)  # stdout alone: --json output is JSON and nothing else
+    assert rec["passed"] is True and rec["unverified_sources"] == []
+    assert rec["verdict"].startswith("PASSED (thresholds:")
+    assert "audit: rows" not in res.stderr  # no progress bar with --json
+    shard = ArchiveStore.open(str(archive)).shards("images")[0].name
+    (archive / "shards" / shard).unlink()
     res = CliRunner().invoke(main, ["audit", str(archive), "--sample", "3", "--device", "cpu"])
-    assert res.exit_code == 1 and "FAILED" in res.output and "integrity" in res.output
+    assert res.exit_code == 1 and "integrity" in res.stdout
+    assert res.stdout.startswith("audit FAILED (thresholds: PSNR drop ≤ 0.5 dB vs encode time, thumbnail difference "
+                                 "≤ 2 levels; not checked: min PSNR, min MS-SSIM, max LPIPS)\n"), res.stdout
+    assert f"    integrity: shard {shard}: file missing (looked for it in " in res.stdout
+    assert "report: none (pass --report FILE.html to write one)" in res.stdout
 
 
 def test_audit_flow_fails_the_run_on_problems(prefect_harness, archive, tmp_path) -> None:
+    from prefect.artifacts import Artifact
+
     from flows.audit import audit_flow
 
     state = audit_flow(archive=str(archive), sample_size=3, device="cpu", report=str(tmp_path / "r.html"),
                        return_state=True)
     assert state.is_completed(), state
     assert state.result()["passed"] and Path(state.result()["report"]).exists()
+    link = (tmp_path / "r.html").resolve().as_uri()
+    summary = Artifact.get("audit-report").data
+    assert summary.startswith("# Audit PASSED\n\nPASSED against the thresholds: PSNR drop ≤ 0.5 dB")
+    assert "None" not in summary
+    assert f"]({link})" in summary and f"({link})" in Artifact.get("audit-report-html").data
     (archive / "shards" / ArchiveStore.open(str(archive)).shards("images")[0].name).unlink()
     state = audit_flow(archive=str(archive), sample_size=3, device="cpu", return_state=True)
     assert state.is_failed()
     assert len(read_history(str(archive))) == 2
+    summary = Artifact.get("audit-report").data
+    assert summary.startswith("# Audit FAILED") and "Report: no HTML report (pass report=… to write one)." in summary
 
 
 def test_audit_manifest_with_lpips_threshold(archive, tmp_path, lpips_weights_dir, monkeypatch) -> None:
@@ -183,4 +259,6 @@ def test_audit_manifest_with_lpips_threshold(archive, tmp_path, lpips_weights_di
     assert res.stdout.strip(), (res.output, res.exception)
     rec = json.loads(res.stdout)
     assert res.exit_code == 0 and rec["metrics"]["lpips"]["n"] == 0
-    assert rec["notes"] and rec["notes"][0].startswith("LPIPS not measured")
+    assert rec["notes"] and rec["notes"][0].startswith("LPIPS not measured (so max LPIPS is not checked): ")
+    assert "sg3archive lpips-weights --fetch" in rec["notes"][0]  # the remedy, not cut off
+    assert "max LPIPS (LPIPS not measured)" in rec["verdict"]

@@ -11,7 +11,12 @@ Four checks, each turning what it finds into precise problem messages:
   (catches a changed library, weight file or device drift);
 * quality — where a source is still reachable with its recorded sha256, PSNR and MS-SSIM of the
   reconstruction against it (and LPIPS when its weights are provisioned; otherwise a note says
-  so), compared with the encode-time values and the job's thresholds.
+  so and how to provision them), compared with the encode-time values and the job's thresholds.
+
+A source that is gone, changed (another sha256) or unreadable is not archive damage: the row is
+still restored and checked for determinism, and the source is listed in ``unverified_sources``
+(id, URI, reason) — visible everywhere, but it does not fail the audit. The verdict always says
+against which thresholds it was reached (:meth:`AuditResult.verdict`).
 
 Memory is constant in the sample size: rows are read shard by shard and processed in batches,
 and only fixed-size accumulators and the worst few images are kept.
@@ -21,14 +26,19 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import posixpath
+import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from sg3archive.audit.accumulators import Stats, WorstN
 from sg3archive.codec.errors import CodecError
+from sg3archive.devices import resolve_device
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics import ms_ssim, psnr
 from sg3archive.pipeline.compress import recon_thumbnail
@@ -51,6 +61,35 @@ class Thresholds:
     thumb_tolerance: int = 2  # max |difference| of the 8×8 thumbnail, in 0..255 levels
 
 
+# field: (its name when it is off, how it reads when set)
+THRESHOLD_TEXT = {
+    "max_psnr_drop": ("max PSNR drop", "PSNR drop ≤ {:g} dB vs encode time"),
+    "thumb_tolerance": ("thumbnail tolerance", "thumbnail difference ≤ {:g} levels"),
+    "min_psnr": ("min PSNR", "PSNR ≥ {:g} dB"),
+    "min_ms_ssim": ("min MS-SSIM", "MS-SSIM ≥ {:g}"),
+    "max_lpips": ("max LPIPS", "LPIPS ≤ {:g}"),
+}
+QUALITY_THRESHOLDS = ("max_psnr_drop", "min_psnr", "min_ms_ssim", "max_lpips")  # need a compared source
+UNVERIFIED_POLICY = ("not archive damage, so they do not fail the audit: these rows were restored and checked for "
+                     "determinism, but their quality was not measured")
+
+
+@dataclass(frozen=True)
+class ThresholdStatus:
+    """One threshold of an audit: ``phrase`` reads "PSNR drop ≤ 0.5 dB vs encode time"; ``why_not``
+    is empty when it was applied, else why not ("off", "no source compared", "LPIPS not measured")."""
+
+    name: str
+    label: str
+    value: float | None
+    phrase: str
+    why_not: str
+
+    @property
+    def checked(self) -> bool:
+        return not self.why_not
+
+
 @dataclass
 class AuditResult:
     archive: str
@@ -64,6 +103,8 @@ class AuditResult:
     compared: int = 0  # rows whose source was reachable with its recorded sha256
     shards_checked: int = 0
     orphans: list[str] = field(default_factory=list)
+    unverified_sources: list[dict[str, str]] = field(default_factory=list)  # {id, uri, kind, reason}
+    lpips_measured: bool = False
     stats: dict[str, Stats] = field(default_factory=dict)
     worst: list[tuple[float, dict]] = field(default_factory=list)
     seconds: float = 0.0
@@ -72,12 +113,58 @@ class AuditResult:
     def passed(self) -> bool:
         return not self.problems
 
+    def threshold_status(self) -> list[ThresholdStatus]:
+        """Each threshold and whether it was applied: a set one that could not be (no source
+        compared, LPIPS not measured) is not checked, and says why."""
+        rows = []
+        for name, (label, phrase) in THRESHOLD_TEXT.items():
+            value = getattr(self.thresholds, name)
+            if value is None:
+                why = "off"
+            elif name == "thumb_tolerance" and not self.sampled:
+                why = "no rows sampled"
+            elif name in QUALITY_THRESHOLDS and not self.compared:
+                why = "no source compared"
+            elif name == "max_lpips" and not self.lpips_measured:
+                why = "LPIPS not measured"
+            else:
+                why = ""
+            rows.append(ThresholdStatus(name, label, value, phrase.format(value) if value is not None else "", why))
+        return rows
+
+    def thresholds_text(self) -> str:
+        """"thresholds: A, B; not checked: C, D" — what this verdict was measured against."""
+        rows = self.threshold_status()
+        checked = [r.phrase for r in rows if r.checked]
+        off = [r.label if r.why_not == "off" else f"{r.label} ({r.why_not})" for r in rows if not r.checked]
+        text = "thresholds: " + (", ".join(checked) or "none")
+        return text + (f"; not checked: {', '.join(off)}" if off else "")
+
+    def verdict(self) -> str:
+        """``PASSED (thresholds: …; not checked: …)`` or ``FAILED (…)``."""
+        return f"{'PASSED' if self.passed else 'FAILED'} ({self.thresholds_text()})"
+
+    def quality_text(self) -> str:
+        """The absolute quality measured, which the verdict does not judge unless a min threshold is set."""
+        p, s = self.stats.get("psnr"), self.stats.get("ms_ssim")
+        if p is None or not p.n:
+            why = "no sampled row's source was reachable unchanged" if self.sampled else "no rows were sampled"
+            return f"quality not measured: {why}"
+        text = f"mean PSNR {p.mean:.2f} dB (min {p.min:.2f}), MS-SSIM {s.mean:.3f}"
+        lp = self.stats.get("lpips")
+        if lp is not None and lp.n:
+            text += f", LPIPS {lp.mean:.3f}"
+        return text + (f" over {self.compared} images compared with their sources "
+                       "(absolute values; PASSED/FAILED is about the thresholds only)")
+
     def record(self) -> dict[str, Any]:
         """The JSON-able summary (also the audit-history row)."""
         return {
             "archive": self.archive, "started_at": self.started_at, "seed": self.seed, "passed": self.passed,
             "problems": list(self.problems), "notes": list(self.notes), "sampled": self.sampled, "compared": self.compared,
             "shards_checked": self.shards_checked, "orphans": list(self.orphans), "seconds": self.seconds,
+            "verdict": self.verdict(), "quality": self.quality_text(),
+            "unverified_sources": [dict(u) for u in self.unverified_sources],
             "thresholds": vars(self.thresholds),
             "metrics": {k: v.summary() for k, v in self.stats.items()},
         }
@@ -106,9 +193,11 @@ def _allocate(rows: list[int], total: int, rng: np.random.Generator) -> list[np.
 def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, network: str | None = None,
               encoder: str | None = None, device: str = "auto", thresholds: Thresholds | None = None,
               storage_options: dict | None = None, source_storage_options: dict | None = None,
-              batch_size: int = 16, worst: int = 8, lpips: bool = True) -> AuditResult:
+              batch_size: int = 16, worst: int = 8, lpips: bool = True, progress: bool = False) -> AuditResult:
     """Audit the archive at ``archive`` (see the module docstring). Never raises for what it
-    finds: every finding is a line in ``problems``; ``passed`` is True when there is none."""
+    finds: every finding is a line in ``problems``; ``passed`` is True when there is none.
+    ``progress`` shows tqdm bars (shards verified, rows sampled) on stderr."""
+    resolve_device(device)  # a device this machine lacks is the caller's mistake, not an archive problem
     started = dt.datetime.now(dt.timezone.utc)
     seed = nightly_seed() if seed is None else seed
     res = AuditResult(archive, started.isoformat(timespec="seconds"), seed, sample_size, thresholds or Thresholds())
@@ -119,10 +208,11 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
 
     # Integrity of every committed shard, and orphans.
     good_shards = []
-    for record in store.shards("images") + store.shards("failures"):
+    records = store.shards("images") + store.shards("failures")
+    for record in tqdm(records, desc="audit: shards", unit="shard", file=sys.stderr, disable=not progress):
         found = store.verify_shard(record)
         res.shards_checked += 1
-        res.problems += [f"integrity: shard {record.name}: {p}" for p in found]
+        res.problems += [f"integrity: shard {record.name}: {shard_problem(record.name, p)}" for p in found]
         if not found and record.kind == "images":
             good_shards.append(record)
     res.orphans = store.orphans()
@@ -151,19 +241,25 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
         try:
             perceptual = LPIPS("alex", device=models.device)
         except LpipsUnavailableError as exc:
-            res.notes.append("LPIPS not measured: " + str(exc).splitlines()[0])
+            res.notes.append(lpips_note(str(exc), res.thresholds.max_lpips is not None))
+    else:
+        res.notes.append("LPIPS not measured: switched off (lpips: false in the audit job)")
+    res.lpips_measured = perceptual is not None
     rng = np.random.default_rng(seed)
     picks = _allocate([r.rows for r in good_shards], sample_size, rng)
     worst_n = WorstN(worst)
-    for record, idx in zip(good_shards, picks):
-        if not len(idx):
-            continue
-        table = store.read_table("images", columns=COLUMNS, shard_names=[record.name]).take(idx)
-        rows = table.to_pylist()
-        del table
-        for start in range(0, len(rows), batch_size):
-            _audit_batch(rows[start : start + batch_size], record.name, models, codec, res, worst_n,
-                         source_storage_options, perceptual)
+    with tqdm(total=sum(len(i) for i in picks), desc="audit: rows", unit="img", file=sys.stderr,
+              disable=not progress) as bar:
+        for record, idx in zip(good_shards, picks):
+            if not len(idx):
+                continue
+            table = store.read_table("images", columns=COLUMNS, shard_names=[record.name]).take(idx)
+            rows = table.to_pylist()
+            del table
+            for start in range(0, len(rows), batch_size):
+                batch = rows[start : start + batch_size]
+                _audit_batch(batch, record.name, models, codec, res, worst_n, source_storage_options, perceptual)
+                bar.update(len(batch))
     res.worst = worst_n.items()
     res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
     return res
@@ -175,8 +271,10 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
     ok = []
     for row in rows:
         res.sampled += 1
-        if sha256_hex(row["payload"]) != row["payload_sha256"]:
-            res.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: payload sha256 mismatch")
+        found = sha256_hex(row["payload"])
+        if found != row["payload_sha256"]:
+            res.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: "
+                                f"payload sha256 mismatch: expected {row['payload_sha256']} found {found}")
             continue
         ok.append(row)
     if not ok:
@@ -203,8 +301,9 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
         if diff > th.thumb_tolerance:
             res.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently from "
                                 f"encode time (thumbnail differs by {diff} levels > {th.thumb_tolerance})")
-        source = _reachable_source(row, models.resolution, source_storage_options)
+        source, unverified = _reachable_source(row, models.resolution, source_storage_options)
         if source is None:
+            res.unverified_sources.append(unverified)
             continue
         res.compared += 1
         x = source.to(models.device)[None]
@@ -230,17 +329,66 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
             res.problems.append(f"quality: {where}: LPIPS {lp:.3f} above the threshold {th.max_lpips}")
 
 
-def _reachable_source(row: dict, resolution: int, storage_options: dict | None) -> torch.Tensor | None:
-    """The fitted source image when it can still be read and its sha256 is the recorded one."""
+def _reachable_source(row: dict, resolution: int,
+                      storage_options: dict | None) -> tuple[torch.Tensor | None, dict[str, str] | None]:
+    """``(fitted source, None)`` when the source can still be read and its sha256 is the recorded
+    one; else ``(None, {id, uri, kind, reason})`` with kind ``missing``, ``changed`` or ``unreadable``."""
+    uri = row["source_uri"]
+
+    def unverified(kind: str, reason: str) -> tuple[None, dict[str, str]]:
+        return None, {"id": row["id"], "uri": uri, "kind": kind, "reason": reason}
+
     try:
-        data = read_bytes(row["source_uri"], storage_options)
-    except (OSError, Sg3ArchiveError, ValueError):
-        return None
-    if sha256_hex(data) != row["source_sha256"]:
-        return None
+        data = read_bytes(uri, storage_options)
+    except FileNotFoundError:
+        return unverified("missing", f"source missing: {uri}")
+    except (OSError, Sg3ArchiveError, ValueError) as exc:
+        return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
+    found = sha256_hex(data)
+    if found != row["source_sha256"]:
+        return unverified("changed", f"source changed: {uri}: sha256 expected {row['source_sha256']} found {found}")
     try:
         img = decode_image(data)
         square, _ = fit_to_square(img.rgb, resolution, FitInfo.from_json(row["fit"]).mode)
-    except (Sg3ArchiveError, ValueError, OSError):
-        return None
-    return to_tensor(square)
+    except (Sg3ArchiveError, ValueError, OSError) as exc:
+        return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
+    return to_tensor(square), None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# ArchiveStore.verify_shard's findings, each "<shard>: <what>", reworded as "<what> mismatch: expected … found …"
+_SHARD_FINDINGS = [
+    (re.compile(r"sha256 (\w+), record says (\w+)"), "sha256 mismatch: expected {1} found {0}"),
+    (re.compile(r"(\d+) rows, record says (\d+)"), "row count mismatch: expected {1} found {0}"),
+    (re.compile(r"(\d+) bytes, record says (\d+)"), "size mismatch: expected {1} bytes found {0}"),
+    (re.compile(r"its metadata says kind (.+), record says (.+)"), "kind mismatch: expected {1} found {0}"),
+]
+
+
+def shard_problem(name: str, finding: str) -> str:
+    """One finding of :meth:`ArchiveStore.verify_shard` without the shard name it starts with (the
+    audit's message names the shard once), mismatches as ``… mismatch: expected X found Y``."""
+    what = finding[len(name) + 2:] if finding.startswith(f"{name}: ") else finding
+    missing = re.fullmatch(r"missing \((.+)\)", what)
+    if missing:
+        return f"file missing (looked for it in {posixpath.dirname(missing[1]) or '.'}/)"
+    for pattern, text in _SHARD_FINDINGS:
+        m = pattern.fullmatch(what)
+        if m:
+            return text.format(*m.groups())
+    return what
+
+
+def lpips_note(message: str, threshold_set: bool) -> str:
+    """The note for an audit without LPIPS: the whole reason and remedy from
+    :class:`LpipsUnavailableError` (what was tried, how to provision the weights)."""
+    from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV, PROVISION_COMMAND
+
+    head = "LPIPS not measured" + (" (so max LPIPS is not checked)" if threshold_set else "") + ": "
+    if PROVISION_COMMAND not in message:
+        message += (f"\nTo measure LPIPS, run `{PROVISION_COMMAND} --fetch` or set ${LPIPS_WEIGHTS_ENV} "
+                    "to a folder holding the backbone weights.")
+    return head + message

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import fsspec
 
-from sg3archive.audit.checks import AuditResult, Thresholds, run_audit
+from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditResult, Thresholds, run_audit
 from sg3archive.audit.history import append_record, read_history
 from sg3archive.audit.report import render_report
 
@@ -25,10 +25,70 @@ def audit_and_record(archive: str, *, report: str | None = None, thresholds: Thr
     return result, history_url, report_url
 
 
-def audit_job(job) -> tuple[AuditResult, str, str | None]:
-    """Run an :class:`~sg3archive.pipeline.jobs.AuditJob` (a manifest, the CLI or the flow)."""
+def audit_job(job, progress: bool = False) -> tuple[AuditResult, str, str | None]:
+    """Run an :class:`~sg3archive.pipeline.jobs.AuditJob` (a manifest, the CLI or the flow);
+    ``progress`` shows tqdm bars on stderr."""
     return audit_and_record(
         job.archive, report=job.report, thresholds=Thresholds(**job.thresholds.model_dump()),
         storage_options=job.storage_options or None, sample_size=job.sample_size, seed=job.seed,
         network=job.network, encoder=job.encoder, device=job.device, lpips=job.lpips,
-        source_storage_options=job.source_storage_options or None)
+        source_storage_options=job.source_storage_options or None, progress=progress)
+
+
+def summary_lines(rec: dict, report_url: str | None = None, limit: int = 10) -> list[str]:
+    """The audit record (:meth:`AuditResult.record`) as text: the verdict with its thresholds, the
+    absolute quality, what was checked, every problem, up to ``limit`` unverified sources (then
+    "… and K more"), the notes (in full: they say what to do) and where the report is."""
+    lines = [f"audit {rec['verdict']}", f"  quality: {rec['quality']}",
+             f"  checked: {rec['shards_checked']} shards verified, {rec['sampled']} rows sampled, {rec['compared']} "
+             f"compared with their sources, {len(rec['orphans'])} uncommitted shard files, {rec['seconds']:.1f} s"]
+    problems = rec["problems"]
+    lines.append(f"  problems ({len(problems)}):" if problems else "  problems: none")
+    lines += [f"    {p}" for p in problems]
+    unverified = rec["unverified_sources"]
+    if unverified:
+        lines.append(f"  sources not verified ({len(unverified)}; their quality was not measured; "
+                     "not archive damage, so not a failure):")
+        lines += [f"    {u['id']}: {u['reason']}" for u in unverified[:limit]]
+        if len(unverified) > limit:
+            lines.append(f"    … and {len(unverified) - limit} more (all in --json and the HTML report)")
+    for note in rec["notes"]:
+        first, *rest = note.splitlines()
+        lines += [f"  note: {first}"] + [f"        {line}" for line in rest]
+    lines.append(f"report: {report_url}" if report_url else "report: none (pass --report FILE.html to write one)")
+    return lines
+
+
+def report_link(report_url: str | None) -> str | None:
+    """A URL for the report: ``file://`` for a local path, the fsspec URL otherwise."""
+    if not report_url:
+        return None
+    return report_url if "://" in report_url else Path(report_url).resolve().as_uri()
+
+
+NO_REPORT = "no HTML report (pass report=… to write one)"
+
+
+def summary_markdown(rec: dict, report_url: str | None = None, limit: int = 20) -> str:
+    """The audit record as Markdown (the flow's artifact): verdict and thresholds, quality, every
+    problem (up to 50), up to ``limit`` unverified sources, notes, and a link to the report."""
+    head, _, against = rec["verdict"].partition(" (")
+    link = report_link(report_url)
+    lines = [f"# Audit {head}", "", f"{head} against the {against.rstrip(')')}.", "",
+             f"Quality: {rec['quality']}.", "",
+             f"`{rec['archive']}`: {rec['shards_checked']} shards verified, {rec['sampled']} rows sampled, "
+             f"{rec['compared']} compared with their sources.", "",
+             f"Report: [{report_url}]({link})" if link else f"Report: {NO_REPORT}.", "",
+             f"## Problems ({len(rec['problems'])})"]
+    lines += [f"- {p}" for p in rec["problems"][:50]] or ["- none"]
+    if len(rec["problems"]) > 50:
+        lines.append(f"- … and {len(rec['problems']) - 50} more")
+    unverified = rec["unverified_sources"]
+    if unverified:
+        lines += ["", f"## Sources not verified ({len(unverified)})", "", f"These are {UNVERIFIED_POLICY}.", ""]
+        lines += [f"- `{u['id']}`: {u['reason']}" for u in unverified[:limit]]
+        if len(unverified) > limit:
+            lines.append(f"- … and {len(unverified) - limit} more (listed in the audit record and the HTML report)")
+    if rec["notes"]:
+        lines += ["", "## Notes", ""] + [f"```\n{n}\n```" for n in rec["notes"]]
+    return "\n".join(lines) + "\n"
