@@ -1,4 +1,5 @@
-"""Prefect flow: restore images from an archive — one task per shard."""
+"""Prefect flow: restore images from an archive — plan once (selection and names, from the id
+and name columns), then one task per shard that has selected rows."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from sg3archive.pipeline.jobs import RestoreJob, load_job, make_job
-from sg3archive.pipeline.restore import restore
+from sg3archive.pipeline.restore import RestorePlan, plan_restore, restore
 from sg3archive.store.archive import ArchiveStore
 
 
 @task(name="restore-shard", retries=1, retry_delay_seconds=5)
-def restore_shard_task(job: dict[str, Any], shard: str) -> dict[str, Any]:
-    summary = restore(RestoreJob(**dict(job, shard=shard)), progress=False)
+def restore_shard_task(job: dict[str, Any], shard: str, plan: RestorePlan) -> dict[str, Any]:
+    """Restore one shard's selected rows under the names the flow's plan gave them."""
+    summary = restore(RestoreJob(**dict(job, shard=shard)), progress=False, plan=plan)
     d = asdict(summary)
     d.pop("files")
     return d
@@ -27,9 +29,11 @@ def restore_flow(job: dict[str, Any] | None = None, manifest: str | None = None)
     """Restore per ``job`` (RestoreJob fields) and/or a YAML ``manifest``."""
     spec = load_job(manifest, RestoreJob, **(job or {})) if manifest else make_job(RestoreJob, job or {})
     store = ArchiveStore.open(spec.archive, storage_options=spec.storage_options)
-    shards = [spec.shard] if spec.shard else [r.name for r in store.shards("images")]
+    plan = plan_restore(spec, store)  # raises on a selection that matches nothing
+    shards = list(plan.shards)
     values = spec.model_dump()
-    results = [f.result() for f in restore_shard_task.map(unmapped(values), shards)]
+    parts = [plan.for_shard(s) for s in shards]
+    results = [f.result() for f in restore_shard_task.map(unmapped(values), shards, parts)]
     written, skipped = sum(r["written"] for r in results), sum(r["skipped"] for r in results)
     text = f"{written} images restored to {spec.destination} from {len(shards)} shards, {skipped} already there"
     create_markdown_artifact(key="restore-report", markdown=f"# Restore\n\n{text}\n")

@@ -110,11 +110,15 @@ def test_restore_writes_every_image_at_original_size_inside_dest(archived, tmp_p
     assert result.written == summary.images
     files = sorted(out.rglob("*.png"))
     assert len(files) == summary.images and all(out in f.parents for f in files)
-    wide = next(f for f in files if f.stem == "wide")
-    assert Image.open(wide).size == (160, 80)  # original size of examples/images/more/wide.jpg
+    # DEST/<path relative to the compressed folder>, suffix set to the format
+    assert {f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file()} == {
+        p.relative_to(src).with_suffix(".png").as_posix()
+        for p in src.rglob("*") if p.is_file() and p.parent.name != "bad"}
+    assert Image.open(out / "good" / "more" / "wide.png").size == (160, 80)  # original size of more/wide.jpg
+    assert Image.open(out / "good" / "more" / "gray.png").mode == "L"
     again = restore(RestoreJob(archive=str(dest), destination=str(out), device="cpu"), progress=False)
     assert again.written == 0 and again.skipped == summary.images  # resumable
-    sel = restore(RestoreJob(archive=str(dest), destination=str(tmp_path / "sel"), device="cpu", glob="*/odd/*",
+    sel = restore(RestoreJob(archive=str(dest), destination=str(tmp_path / "sel"), device="cpu", glob="odd/*",
                              size="generator", format="webp"), progress=False)
     assert sel.written == 4 and all(Image.open(f).size == (64, 64) for f in (tmp_path / "sel").rglob("*.webp"))
 

@@ -106,6 +106,9 @@ def rows_of(table: pa.Table) -> list[dict]:
 # -- create / open ---------------------------------------------------------------------------------
 def test_create_open_and_settings_mismatch(tmp_path):
     url = str(tmp_path / "a")
+    with pytest.raises(ArchiveNotFoundError, match=r"does not exist: check the path"):
+        ArchiveStore.open(url)
+    (tmp_path / "a").mkdir()
     with pytest.raises(ArchiveNotFoundError, match=r"not an sg3archive archive \(no archive.json\)"):
         ArchiveStore.open(url)
 

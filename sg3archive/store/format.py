@@ -1,4 +1,5 @@
-"""The archive's table schemas, the JSON document stored in every shard, and the store's errors.
+"""The archive's table schemas, the JSON document stored in every shard, the names image rows are
+recorded and restored by, and the store's errors.
 
 One row of ``images`` is one archived image: its latent payload plus everything needed to find,
 verify and reproduce it. One row of ``failures`` is one source that could not be archived. The
@@ -11,13 +12,15 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
+import fsspec
 import pyarrow as pa
 
 from sg3archive.errors import Sg3ArchiveError
 
 FORMAT_NAME = "sg3archive"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
 # The key of the one JSON document in each shard's Parquet key-value metadata (as Hugging Face
 # datasets use b"huggingface").
 METADATA_KEY = b"sg3archive"
@@ -65,6 +68,55 @@ def image_id(source_uri: str, source_sha256: str) -> str:
     return digest[:ID_HEX_CHARS]
 
 
+def source_root(src: str, storage_options: dict | None = None) -> str:
+    """A compress job's SRC as a full URL without a trailing slash, the form listing gives
+    sources in (``examples/images`` → ``file:///…/examples/images``)."""
+    fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
+    return fs.unstrip_protocol(path.rstrip("/") or path)
+
+
+def uri_path(source_uri: str) -> str:
+    """A URI's path without scheme or leading slashes; a remote URI keeps its bucket/host
+    (``s3://b/k/x.png`` → ``b/k/x.png``, ``file:///data/x.png`` → ``data/x.png``). The name of a
+    row that has no ``source_name`` (archives of format version 1)."""
+    parts = urlsplit(source_uri)
+    if len(source_uri) > 2 and source_uri[1] == ":" and source_uri[0].isalpha():  # C:\x or C:/x
+        path = source_uri[2:]
+    elif parts.scheme in ("", "file"):
+        path = parts.path
+    else:
+        path = f"{parts.netloc}/{parts.path.lstrip('/')}"
+    return path.replace("\\", "/").lstrip("/")
+
+
+def relative_source_name(root: str, source_uri: str) -> str:
+    """The name of ``source_uri`` relative to its compress source ``root`` (both full URLs, as
+    :func:`source_root` and listing give them): the path under a folder or prefix; a single-file
+    source's file name; a URI-list entry's path under the list's folder, or else
+    :func:`uri_path`."""
+    if source_uri == root:
+        return source_uri.rsplit("/", 1)[-1]
+    prefix = root if root.endswith("/") else root + "/"
+    if source_uri.startswith(prefix):
+        return source_uri[len(prefix):]
+    folder = root.rpartition("/")[0]
+    if folder and not folder.endswith(":/") and source_uri.startswith(folder + "/"):
+        return source_uri[len(folder) + 1:]
+    return uri_path(source_uri)
+
+
+def source_fields(src: str, source_uri: str, storage_options: dict | None = None) -> dict[str, str]:
+    """``source_root`` and ``source_name`` of an image row, from the compress job's SRC."""
+    root = source_root(src, storage_options)
+    return {"source_root": root, "source_name": relative_source_name(root, source_uri)}
+
+
+def row_name(source_name: str | None, source_uri: str) -> str:
+    """The name a row is listed, selected and restored by: its ``source_name``, or for rows
+    written before that column existed, :func:`uri_path` of its URI."""
+    return source_name if source_name else uri_path(source_uri)
+
+
 def images_schema() -> pa.Schema:
     """One row per archived image (docs/FORMAT.md describes every field)."""
     return pa.schema([
@@ -91,6 +143,9 @@ def images_schema() -> pa.Schema:
         pa.field("codec_hash", pa.string(), nullable=False),
         pa.field("settings_key", pa.string(), nullable=False),
         pa.field("encoded_at", _UTC_MICROS, nullable=False),
+        # format version 2; null in rows of version 1
+        pa.field("source_name", pa.string(), nullable=True),
+        pa.field("source_root", pa.string(), nullable=True),
     ])
 
 
