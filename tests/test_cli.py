@@ -134,7 +134,9 @@ def test_readme_main_job_compress_inspect_restore(tmp_path) -> None:
     assert info["images"] == 10 and info["failures"] == 0
     res = runner.invoke(cli, ["restore", str(tmp_path / "archive"), str(tmp_path / "restored"), "--device", "cpu"])
     assert res.exit_code == 0 and "10 images restored" in res.output
+    restored = {p.relative_to(tmp_path / "restored").as_posix() for p in (tmp_path / "restored").rglob("*.*")}
+    assert restored == {p.relative_to(samples).with_suffix(".png").as_posix() for p in samples.rglob("*.*")}
     res = runner.invoke(cli, ["compress", str(samples), str(tmp_path / "archive"), "--profile", "high_quality"])
     assert res.exit_code == 1 and "error:" in res.output  # the archive was made with other settings
     res = runner.invoke(cli, ["compress", str(samples)])
-    assert res.exit_code == 1 and "destination" in res.output
+    assert res.exit_code == 1 and "DEST is required" in res.stderr and "Traceback" not in res.output

@@ -88,6 +88,13 @@ def load_network(
                 "or an sg3archive network file."
             )
         else:
-            net = network_from_safetensors(data, url, expected_key=key)
+            try:
+                net = network_from_safetensors(data, url, expected_key=key)
+            except NetworkFormatError as exc:
+                if url in str(exc):
+                    raise
+                raise NetworkFormatError(f"{url} is neither an official StyleGAN3 snapshot pickle nor an sg3archive "
+                                         f"network file ({exc}); give --network a .pkl, a network directory or its "
+                                         ".safetensors file") from None
     net.eval().requires_grad_(False)
     return net.to(device) if device is not None else net

@@ -12,8 +12,9 @@ import datetime as dt
 import hashlib
 import json
 import posixpath
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
 import fsspec
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from sg3archive.codec import LatentCodec
 from sg3archive.codec.profiles import resolve_bits
 from sg3archive.encoding import encode_images, refine_latents
+from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics import ms_ssim, psnr
 from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.pipeline.models import Models, load_codec, load_models
@@ -35,7 +37,7 @@ from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.format import ArchiveMismatchError
 from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
 from sg3archive.store.inputs import (
-    ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes, sha256_hex, to_tensor,
+    IMAGE_SUFFIXES, ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes, sha256_hex, to_tensor,
 )
 from sg3archive.training.data import SyntheticPairs
 
@@ -59,6 +61,7 @@ class ShardResult:
     images: int = 0
     failures: int = 0
     skipped: int = 0
+    failed_before: int = 0  # skipped sources that an earlier run recorded as failures
     payload_bytes: int = 0
     source_bytes: int = 0
     seconds: float = 0.0
@@ -72,6 +75,7 @@ class Summary:
     images: int = 0
     failures: int = 0
     skipped: int = 0
+    failed_before: int = 0
     payload_bytes: int = 0
     source_bytes: int = 0
     seconds: float = 0.0
@@ -83,17 +87,28 @@ class Summary:
         self.images += r.images
         self.failures += r.failures
         self.skipped += r.skipped
+        self.failed_before += r.failed_before
         self.payload_bytes += r.payload_bytes
         self.source_bytes += r.source_bytes
 
+    @property
+    def archived_any(self) -> bool:
+        """Whether the archive now holds anything of the source: images written by this run or
+        already there from an earlier one."""
+        return self.images + self.skipped - self.failed_before > 0
+
     def text(self) -> str:
-        ratio = self.source_bytes / self.payload_bytes if self.payload_bytes else float("nan")
-        rate = self.images / self.seconds if self.seconds else float("nan")
-        per = self.payload_bytes / self.images if self.images else float("nan")
-        return (f"{self.images} images archived into {self.archive} ({self.shards} shards), "
-                f"{self.skipped} already there, {self.failures} failed; "
-                f"{self.payload_bytes} payload bytes ({per:.0f} B/image), ratio vs source {ratio:.1f}x; "
-                f"{rate:.2f} images/s")
+        """One line for people; figures that do not exist (nothing written) are left out, never ``nan``."""
+        line = (f"{self.images} images archived into {self.archive} ({self.shards} shards), "
+                f"{self.skipped - self.failed_before} already there, {self.failures} failed")
+        if self.failed_before:
+            line += f" ({self.failed_before} more failed in an earlier run and were not retried)"
+        if self.images:
+            line += (f"; {self.payload_bytes} payload bytes ({self.payload_bytes / self.images:.0f} B/image), "
+                     f"ratio vs source {self.source_bytes / self.payload_bytes:.1f}x")
+            if self.seconds:
+                line += f"; {self.images / self.seconds:.2f} images/s"
+        return line
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -163,9 +178,36 @@ def _calibration_ws(job: CompressJob, models: Models) -> torch.Tensor:
     return torch.cat(parts)
 
 
+class NothingToArchiveError(Sg3ArchiveError):
+    """The source holds no image files (or does not exist), or its files all failed."""
+
+
+def check_job_paths(job: CompressJob) -> None:
+    """Refuse, before a model is loaded or an archive created, a source that does not exist or
+    holds no image files, and a destination that is a file."""
+    fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
+    if fs.isfile(root):
+        raise Sg3ArchiveError(f"DEST {job.destination} is a file, not an archive folder; give a new folder "
+                              "(or an existing archive) as DEST")
+    try:
+        first = next(iter(iter_sources(job.source, pattern=job.pattern,
+                                       storage_options=job.source_storage_options or None)), None)
+    except FileNotFoundError as exc:
+        raise NothingToArchiveError(f"SRC: {exc}") from None
+    except NotADirectoryError as exc:
+        raise NothingToArchiveError(f"SRC {job.source}: {exc}") from None
+    if first is None:
+        what = f"no files matching --pattern {job.pattern!r}" if job.pattern else (
+            f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise NothingToArchiveError(f"SRC {job.source} holds {what}: nothing to archive; check the path"
+                                    + ("" if job.pattern else " (or give --pattern)"))
+
+
 def prepare(job: CompressJob) -> dict:
     """Open (to resume) or create the archive; fit and store its codec model on first use.
-    Returns the archive settings. Refuses an existing archive made with other models."""
+    Returns the archive settings. Refuses an existing archive made with other models, a missing
+    or empty source and a destination that is a file (:func:`check_job_paths`)."""
+    check_job_paths(job)
     models = load_models(job.network, job.encoder, job.device)
     codec_url = posixpath.join(job.destination.rstrip("/"), CODEC_DIR)  # the store's layout, before it exists
     fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
@@ -224,18 +266,28 @@ def recon_thumbnail(img: torch.Tensor) -> np.ndarray:
     return to_uint8(F.adaptive_avg_pool2d(img.float(), 8)[None])[0]
 
 
-def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
+def _ticking(items: list[str], tick: Callable[[int], None] | None) -> Iterator[str]:
+    """``items``, calling ``tick(1)`` once the loop body has finished with each one."""
+    for item in items:
+        yield item
+        if tick is not None:
+            tick(1)
+
+
+def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None] | None = None) -> ShardResult:
     """Encode, quantize and store the images of one plan as one shard, then commit it.
 
     Sources already in the archive (same URI, sha256 and settings) are skipped; unreadable ones
     go to a failures shard with their reason. Committing per shard makes a killed run resumable.
+    ``tick(1)`` is called as each source is done with (a progress bar's ``update``).
     """
     started = time.perf_counter()
     models = load_models(job.network, job.encoder, job.device)
     store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
     codec = load_codec(store.codec_url, job.storage_options)
     key = settings_key(store.settings)
-    done = store.committed_keys()
+    done_by_kind = store.committed_keys_by_kind()
+    done = set().union(*done_by_kind.values())
     result = ShardResult(plan.index)
     rows: list[dict] = []
     failures: list[dict] = []
@@ -268,7 +320,8 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
                 fail(info, "encode", f"{type(exc).__name__}: {exc}")
             return
         for i, info in enumerate(infos):
-            rows.append(dict(info, id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
+            rows.append(dict(info, **fmt.source_fields(job.source, info["source_uri"], job.source_storage_options),
+                             id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
                              bits=[float(b) for b in codec.bits], profile=codec.model.profile, transform=None,
                              psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=recon_thumbnail(recon[i].cpu()).tobytes(),
                              encoder_fingerprint=models.encoder.fingerprint,
@@ -277,7 +330,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
             result.payload_bytes += len(payloads[i])
             result.source_bytes += info["source_size"]
 
-    for uri in _read_plan(plan, job):
+    for uri in _ticking(_read_plan(plan, job), tick):
         try:
             data, info = _read_source(uri, job)
         except ImageRejected as exc:
@@ -288,6 +341,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
             continue
         if (uri, info["source_sha256"], key) in done:
             result.skipped += 1
+            result.failed_before += (uri, info["source_sha256"], key) not in done_by_kind["images"]
             continue
         try:
             tensor, info = _square(data, info, job, models.resolution)
@@ -324,14 +378,15 @@ def compress_shard(job: CompressJob, plan: ShardPlan) -> ShardResult:
 def compress(job: CompressJob, progress: bool = True) -> Summary:
     """The whole job in this process, shard after shard (the CLI's path; no Prefect needed)."""
     started = time.perf_counter()
+    if progress:
+        tqdm.write(f"preparing {job.destination}: loading the models (a new archive also fits its codec"
+                   f" on up to {job.calibration_images} of the images)", file=sys.stderr)
     prepare(job)
     summary = Summary(job.destination)
     plans = list(plan_shards(job))
     total = sum(p.count for p in plans)
     with tqdm(total=total, desc="compress", unit="img", disable=not progress) as bar:
         for plan in plans:
-            r = compress_shard(job, plan)
-            summary.add(r)
-            bar.update(plan.count)
+            summary.add(compress_shard(job, plan, tick=bar.update))
     summary.seconds = time.perf_counter() - started
     return summary

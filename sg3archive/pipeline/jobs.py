@@ -23,6 +23,16 @@ class JobError(Sg3ArchiveError):
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    @field_validator("device", check_fields=False)
+    @classmethod
+    def _device(cls, value: str) -> str:
+        from sg3archive.devices import check_device_name
+
+        try:
+            return check_device_name(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("device ")) from None
+
 
 class CompressJob(_Spec):
     """Compress every image under ``source`` into the archive at ``destination``."""
@@ -66,9 +76,10 @@ class RestoreJob(_Spec):
 
     archive: str
     destination: str
-    ids: list[str] | None = Field(None, description="restore only these image ids")
-    glob: str | None = Field(None, description="restore only sources whose URI matches this glob")
-    shard: str | None = Field(None, description="restore only this shard (file name)")
+    ids: list[str] | None = Field(None, description="restore only these image ids (every one must be in the archive)")
+    glob: str | None = Field(None, description="restore only images whose name relative to the compressed source "
+                                               "(e.g. 'more/*.png'), or whose full source URI, matches this glob")
+    shard: str | None = Field(None, description="restore only this images shard (file name)")
     format: Literal["png", "webp", "jpeg"] = "png"
     size: Literal["generator", "original"] = Field("original", description="output at the generator's resolution or the original size")
     network: str | None = None
@@ -102,7 +113,7 @@ class AuditJob(_Spec):
 
     archive: str
     sample_size: int = Field(32, ge=0)
-    seed: int | None = Field(None, description="default: the date, YYYYMMDD (a new sample each night)")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: the date, YYYYMMDD (a new sample each night)")
     network: str | None = None
     encoder: str | None = None
     report: str | None = Field(None, description="write the HTML report here")
@@ -113,16 +124,38 @@ class AuditJob(_Spec):
     source_storage_options: dict[str, Any] = Field(default_factory=dict)
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'job'}: {e['msg']}" for e in exc.errors())
+# How the CLI names a job's fields: positional arguments in capitals, options as flags. Errors use
+# these names (with the manifest key beside them when a manifest was given), never model names.
+ARGUMENT_NAMES = {"source": "SRC", "destination": "DEST", "archive": "ARCHIVE"}
+JOB_NAMES = {"CompressJob": "compress", "RestoreJob": "restore", "AuditJob": "audit"}
 
 
-def make_job(kind: type[_Spec], values: dict[str, Any]) -> Any:
-    """Validate ``values`` as a job of ``kind``; raise :class:`JobError` listing every problem."""
+def field_label(field: str, manifest: str | Path | None = None) -> str:
+    """``--shard-size`` / ``DEST`` for a field, plus ``(shard_size: in m.yaml)`` with a manifest."""
+    top = field.split(".")[0]
+    label = ARGUMENT_NAMES.get(top) or "--" + top.replace("_", "-")
+    return f"{label} ({field}: in {manifest})" if manifest else label
+
+
+def _problem(error: dict, manifest: str | Path | None) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    label = field_label(where, manifest) if where else (f"manifest {manifest}" if manifest else "the job")
+    if error["type"] == "missing":
+        return f"{label} is required"
+    if error["type"] == "extra_forbidden":
+        return f"{where}: is not a setting of this job (check its spelling{' in ' + str(manifest) if manifest else ''})"
+    return f"{label}: {error['msg'].removeprefix('Value error, ')}"
+
+
+def make_job(kind: type[_Spec], values: dict[str, Any], manifest: str | Path | None = None) -> Any:
+    """Validate ``values`` as a job of ``kind``; raise :class:`JobError` listing every problem in
+    the user's words (flags and arguments, and the manifest's keys when ``manifest`` is given)."""
     try:
         return kind(**values)
     except ValidationError as exc:
-        raise JobError(f"invalid {kind.__name__}: {_problems(exc)}") from None
+        problems = "; ".join(_problem(e, manifest) for e in exc.errors())
+        command = JOB_NAMES.get(kind.__name__, kind.__name__)
+        raise JobError(f"{problems} (see `sg3archive {command} --help`)") from None
 
 
 def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any) -> Any:
@@ -137,4 +170,4 @@ def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any)
     if not isinstance(doc, dict):
         raise JobError(f"job manifest {url} must be a mapping of settings")
     doc.update({k: v for k, v in overrides.items() if v is not None})
-    return make_job(kind, doc)
+    return make_job(kind, doc, manifest=url)
