@@ -64,8 +64,10 @@ class TrainConfig:
             problems.append(f"lpips_net must be 'alex', 'vgg' or None, not {self.lpips_net!r}")
         if list(self.progressive) != sorted(self.progressive) or any(s < 0 for s in self.progressive):
             problems.append(f"progressive must be non-decreasing steps, got {self.progressive}")
-        if min(self.image_every, self.kl_start, self.kl_ramp, self.synthetic_pool) < 0:
-            problems.append("image_every, kl_start, kl_ramp and synthetic_pool must be >= 0")
+        if min(self.image_every, self.kl_start, self.kl_ramp, self.synthetic_pool, self.sample_every) < 0:
+            problems.append("image_every, kl_start, kl_ramp, synthetic_pool and sample_every must be >= 0")
+        if min(self.log_every, self.checkpoint_every) < 1:
+            problems.append("log_every and checkpoint_every must be >= 1 (a checkpoint is also written at the end)")
         if problems:
             raise ValueError("bad training configuration: " + "; ".join(problems))
 
