@@ -28,6 +28,10 @@ SOURCES = ["pickle", "safetensors"]
 IMPLS = ["fast", "reference"]
 ATOL = 1e-4  # images, ws, styles, crops, channel means
 RTOL_OF_MAX = 1e-4  # channel mean squares: relative to the reference tensor's max |value|
+# Activations deep in the synthesis network reach |x| ~ 60-220; float32 kernels differ between CPUs
+# (the same code gave 1.4e-4 at L9 on an Intel Xeon, under 1e-4 on an AMD EPYC), so activations and
+# their channel means are held to ATOL or 1e-5 of the reference tensor's max |value|, whichever is larger.
+RTOL_ACTIVATION = 1e-5
 FILTER_ATOL = 1e-6
 
 # Networks and synthesis runs are shared between the tests of this module: each one is
@@ -163,8 +167,9 @@ def test_synthesis_intermediates_matchreference_folder(sg3_reference_dir: Path, 
 
     def check_activation(name: str, out: torch.Tensor) -> None:
         ref = io[f"syn.{name}"]
-        check(f"syn.{name}", out[:1, : min(out.shape[1], 8)], ATOL)
-        check(f"syn.{name}.chanmean", out.mean(dim=[2, 3]), ATOL)
+        check(f"syn.{name}", out[:1, : min(out.shape[1], 8)], max(ATOL, RTOL_ACTIVATION * ref.abs().max().item()))
+        mean = io[f"syn.{name}.chanmean"]
+        check(f"syn.{name}.chanmean", out.mean(dim=[2, 3]), max(ATOL, RTOL_ACTIVATION * mean.abs().max().item()))
         msq = io[f"syn.{name}.chanmsq"]
         check(f"syn.{name}.chanmsq", out.square().mean(dim=[2, 3]), RTOL_OF_MAX * msq.abs().max().item())
         assert ref.shape[1] == min(out.shape[1], 8)
