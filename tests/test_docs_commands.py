@@ -66,7 +66,7 @@ PLAN: dict[str, object] = {
              "from this README and checks the claim made beside it"),
     "sg3archive init-network nets/random-r256 --config stylegan3-r --resolution 256":
         instead("sg3archive init-network nets/random-r32 --config stylegan3-r --resolution 32 --channel-base 8192 "
-                "--channel-max 64", "the full-size network at 256 takes ~25 min on 2 cores; the same config, small"),
+                "--channel-max 64", "the full-size network at 256 takes ~20 min on 2 cores; the same config, small"),
     # README.md: encoder training (GPU-sized examples, run small)
     "sg3archive train --network nets/ffhq-t --out runs/ffhq-enc --export nets/ffhq-enc --device cuda --steps 20000 "
     "--batch-size 16 --lr 2e-4 --preset high_quality --kl-start 2000 --kl-ramp 2000 --progressive 0,2000,4000 "

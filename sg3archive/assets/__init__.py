@@ -6,11 +6,7 @@ from pathlib import Path
 
 DEFAULT_NETWORK_DIR = Path(__file__).resolve().parent / "default_network"
 
-# The exact command that re-creates DEFAULT_NETWORK_DIR (random weights from a fixed seed).
-DEFAULT_NETWORK_COMMAND = (
-    "sg3archive init-network sg3archive/assets/default_network --config stylegan3-t --resolution 64 "
-    "--z-dim 128 --w-dim 128 --channel-base 4096 --channel-max 128 --seed 0 --no-discriminator"
-)
+# How DEFAULT_NETWORK_DIR was made, and what re-running that command gives: README.md ("Networks").
 
 
 def default_network_url() -> str:
