@@ -330,12 +330,24 @@ def lpips_weights(args: tuple[str, ...]) -> None:
     sys.exit(provision(list(args)))
 
 
+def _vanishing(url: str) -> bool:
+    """Whether ``url`` names fsspec's in-process memory filesystem (alone or in a ``::`` chain)."""
+    return any(part.strip().lower().startswith("memory:") for part in url.split("::"))
+
+
 def _job_or_flags(kind, manifest: str | None, values: dict):
-    from sg3archive.pipeline.jobs import load_job, make_job
+    from sg3archive.pipeline.jobs import JobError, field_label, load_job, make_job
 
     if manifest:
-        return load_job(manifest, kind, **{k: v for k, v in values.items() if v is not None})
-    return make_job(kind, {k: v for k, v in values.items() if v is not None})
+        job = load_job(manifest, kind, **{k: v for k, v in values.items() if v is not None})
+    else:
+        job = make_job(kind, {k: v for k, v in values.items() if v is not None})
+    for name in ("destination", "report"):
+        url = getattr(job, name, None)
+        if url and _vanishing(url):
+            raise JobError(f"{field_label(name, manifest)} {url} is in memory: it would vanish when this command "
+                           "exits; give a folder or a bucket URL")
+    return job
 
 
 @main.command()

@@ -6,6 +6,7 @@ parameters, so a job means the same thing however it is started.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +22,10 @@ class JobError(Sg3ArchiveError):
 
 
 class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Strict: a value of the wrong type is an error, never converted (``profile: yes`` is not
+    1 bit, ``shard_size: 2.5`` is not 2), whether it came from a manifest, a flow or Python."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     @field_validator("device", check_fields=False)
     @classmethod
@@ -88,6 +92,9 @@ class RestoreJob(_Spec):
     device: str = "auto"
     overwrite: bool = Field(False, description="rewrite outputs that already exist (default: skip them, resumable)")
     storage_options: dict[str, Any] = Field(default_factory=dict)
+    destination_storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for the destination (a bucket's endpoint, credentials); "
+                                          "empty means none: the archive's storage_options are never reused for it")
 
     @field_validator("ids")
     @classmethod
@@ -137,14 +144,42 @@ def field_label(field: str, manifest: str | Path | None = None) -> str:
     return f"{label} ({field}: in {manifest})" if manifest else label
 
 
-def _problem(error: dict, manifest: str | Path | None) -> str:
-    where = ".".join(str(p) for p in error["loc"])
-    label = field_label(where, manifest) if where else (f"manifest {manifest}" if manifest else "the job")
-    if error["type"] == "missing":
-        return f"{label} is required"
-    if error["type"] == "extra_forbidden":
-        return f"{where}: is not a setting of this job (check its spelling{' in ' + str(manifest) if manifest else ''})"
-    return f"{label}: {error['msg'].removeprefix('Value error, ')}"
+_UNION_TAG = re.compile(r"^(?:str|int|float|bool|list\[.*\]|dict\[.*\]|literal\[.*\]|function-.*)$")
+_EXPECTED = {"string_type": "text", "int_type": "a whole number", "int_from_float": "a whole number",
+             "float_type": "a number", "bool_type": "true or false", "list_type": "a list", "dict_type": "a mapping",
+             "finite_number": "a finite number", "model_type": "a mapping", "literal_error": None}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "text", list: "a list",
+            dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
+    """One message per field: type mismatches of a union's members folded into one line that says
+    what was given and what would do, e.g. ``--profile: expected text or a whole number or a
+    list, got True (true/false)``."""
+    grouped: dict[str, list[dict]] = {}
+    for error in errors:
+        where = ".".join(str(p) for p in error["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p)))
+        grouped.setdefault(where, []).append(error)
+    out = []
+    for where, errs in grouped.items():
+        label = field_label(where, manifest) if where else (f"manifest {manifest}" if manifest else "the job")
+        expected = [_EXPECTED[e["type"]] for e in errs if _EXPECTED.get(e["type"])]
+        for e in errs:
+            if e["type"] == "missing":
+                out.append(f"{label} is required")
+            elif e["type"] == "extra_forbidden":
+                out.append(f"{where}: is not a setting of this job (check its spelling"
+                           f"{' in ' + str(manifest) if manifest else ''})")
+            elif not _EXPECTED.get(e["type"]):
+                out.append(f"{label}: {e['msg'].removeprefix('Value error, ')}")
+        if expected:
+            given = next(e["input"] for e in errs if _EXPECTED.get(e["type"]))
+            out.append(f"{label}: expected {' or '.join(dict.fromkeys(expected))}, got {given!r} "
+                       f"({_type_name(given)})")
+    return list(dict.fromkeys(out))
 
 
 def make_job(kind: type[_Spec], values: dict[str, Any], manifest: str | Path | None = None) -> Any:
@@ -153,20 +188,28 @@ def make_job(kind: type[_Spec], values: dict[str, Any], manifest: str | Path | N
     try:
         return kind(**values)
     except ValidationError as exc:
-        problems = "; ".join(_problem(e, manifest) for e in exc.errors())
+        problems = "; ".join(_problems(exc.errors(), manifest))
         command = JOB_NAMES.get(kind.__name__, kind.__name__)
         raise JobError(f"{problems} (see `sg3archive {command} --help`)") from None
 
 
 def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any) -> Any:
     """Read a YAML manifest (any fsspec URL); ``overrides`` replace its fields (CLI flags)."""
+    from sg3archive.pipeline.strict_yaml import MAX_MANIFEST_BYTES, StrictYAMLError, load_strict_yaml
+
     try:
-        with fsspec.open(str(url), "r") as f:
-            doc = yaml.safe_load(f)
+        with fsspec.open(str(url), "r", encoding="utf-8") as f:
+            doc = load_strict_yaml(f.read(MAX_MANIFEST_BYTES + 1))
     except FileNotFoundError:
         raise JobError(f"job manifest {url} does not exist") from None
+    except IsADirectoryError:
+        raise JobError(f"job manifest {url} is a folder; --manifest takes a YAML file") from None
+    except UnicodeDecodeError:
+        raise JobError(f"job manifest {url} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except StrictYAMLError as exc:
+        raise JobError(f"job manifest {url}: {exc}") from None
     except yaml.YAMLError as exc:
-        raise JobError(f"job manifest {url} is not valid YAML ({exc})") from None
+        raise JobError(f"job manifest {url} is not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(doc, dict):
         raise JobError(f"job manifest {url} must be a mapping of settings")
     doc.update({k: v for k, v in overrides.items() if v is not None})
