@@ -18,7 +18,9 @@ import safetensors.torch
 import torch
 
 from sg3archive.checkpoints.fingerprint import network_fingerprint
+from sg3archive.checkpoints.safe_read import MAX_JSON_BYTES, MAX_WEIGHTS_BYTES, read_capped, read_json_capped
 from sg3archive.errors import FingerprintMismatchError, NetworkFormatError
+from sg3archive.networks.bounds import check_encoder_kwargs, check_finite, check_state_size
 
 ENCODER_FORMAT = "sg3archive.encoder"
 ENCODER_VERSION = 1
@@ -52,21 +54,33 @@ def save_encoder(encoder: torch.nn.Module, url: str, *, generator_fingerprint: s
 
 
 def read_encoder_info(url: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """The parsed ``encoder.json`` of an encoder directory."""
+    """The parsed ``encoder.json`` of an encoder directory, every field's type checked.
+
+    The file must be a plain file (no symlink) of at most 16 MB; ``kind`` and ``init_kwargs``
+    are checked against ``sg3archive.networks.bounds``.
+    """
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    where = f"{url}/{JSON_NAME}"
     try:
-        with fs.open(posixpath.join(root, JSON_NAME), "r") as f:
-            doc = json.load(f)
+        doc = read_json_capped(fs, posixpath.join(root, JSON_NAME), where)
     except FileNotFoundError:
         raise NetworkFormatError(f"{url} is not an encoder directory (no {JSON_NAME}); train one with "
                                  "`sg3archive train` or use the bundled default") from None
-    except json.JSONDecodeError as exc:
-        raise NetworkFormatError(f"{url}/{JSON_NAME} is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != ENCODER_FORMAT:
-        raise NetworkFormatError(f"{url}/{JSON_NAME} is not an sg3archive encoder file")
-    if not isinstance(doc.get("format_version"), int) or doc["format_version"] > ENCODER_VERSION:
-        raise NetworkFormatError(f"{url}: encoder format {doc.get('format_version')!r} is newer than this "
+        raise NetworkFormatError(f"{where} is not an sg3archive encoder file")
+    if type(doc.get("format_version")) is not int or doc["format_version"] > ENCODER_VERSION:
+        raise NetworkFormatError(f"{url}: encoder format {doc.get('format_version')!r:.40} is newer than this "
                                  f"sg3archive reads ({ENCODER_VERSION}); upgrade sg3archive")
+    expected = {"kind": str, "init_kwargs": dict, "fingerprint": str, "generator_fingerprint": str}
+    for name, kind in expected.items():
+        if not isinstance(doc.get(name), kind):
+            got = "missing" if doc.get(name) is None else f"a {type(doc.get(name)).__name__}"
+            raise NetworkFormatError(f"{where}: {name!r} must be a {'JSON object' if kind is dict else 'string'}, "
+                                     f"but it is {got}; the file was damaged or edited. Re-create the encoder "
+                                     "(`sg3archive train`) or copy it again.")
+    if not isinstance(doc.get("info", {}), dict):
+        raise NetworkFormatError(f"{where}: 'info' must be a JSON object; copy the encoder again.")
+    check_encoder_kwargs(doc["kind"], doc["init_kwargs"], where)
     return doc
 
 
@@ -74,7 +88,10 @@ def load_encoder(url: str, *, generator: torch.nn.Module | None = None, device: 
                  storage_options: dict | None = None) -> torch.nn.Module:
     """Rebuild an encoder from its directory, verify its weights' fingerprint, and, when
     ``generator`` is given, that it was trained against that generator. Returned in eval mode
-    with ``.fingerprint`` and ``.generator_fingerprint`` set."""
+    with ``.fingerprint`` and ``.generator_fingerprint`` set.
+
+    The weights file must be a plain file no larger than the encoder's settings allow (checked
+    before reading); NaN or infinite weights are refused."""
     from sg3archive.networks.encoder import build_encoder
 
     doc = read_encoder_info(url, storage_options)
@@ -86,19 +103,25 @@ def load_encoder(url: str, *, generator: torch.nn.Module | None = None, device: 
                 f"but the generator given is {have[:16]}…; use the generator it was trained with, "
                 "or train an encoder for this generator (`sg3archive train`)"
             )
+    count = check_encoder_kwargs(doc["kind"], doc["init_kwargs"], f"{url}/{JSON_NAME}")
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+    where = f"{url}/{WEIGHTS_NAME}"
     try:
-        with fs.open(posixpath.join(root, WEIGHTS_NAME), "rb") as f:
-            state = safetensors.torch.load(f.read())
+        data = read_capped(fs, posixpath.join(root, WEIGHTS_NAME), min(MAX_WEIGHTS_BYTES, 8 * count + MAX_JSON_BYTES),
+                           where, "the weights of this encoder")
     except FileNotFoundError:
         raise NetworkFormatError(f"{url}: {WEIGHTS_NAME} is missing") from None
+    try:
+        state = safetensors.torch.load(data)
     except Exception as exc:  # safetensors raises its own error types on damaged files
-        raise NetworkFormatError(f"{url}/{WEIGHTS_NAME} is unreadable ({type(exc).__name__}: {exc})") from None
+        raise NetworkFormatError(f"{where} is unreadable ({type(exc).__name__}: {str(exc)[:200]})") from None
+    check_finite(state, where, kind="encoder file")
+    check_state_size(count // 2, state, where)  # count is an upper bound: compare with its half
     try:
         encoder = build_encoder(doc["kind"], **doc["init_kwargs"])
         encoder.load_state_dict(state, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise NetworkFormatError(f"{url}: encoder weights do not fit its description ({exc})") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, ArithmeticError) as exc:
+        raise NetworkFormatError(f"{url}: encoder weights do not fit its description ({str(exc)[:300]})") from None
     fingerprint = network_fingerprint(encoder)
     if fingerprint != doc.get("fingerprint"):
         raise FingerprintMismatchError(f"{url}: encoder weights do not match the fingerprint in {JSON_NAME}; "

@@ -12,7 +12,9 @@ import torch
 from sg3archive.checkpoints.fingerprint import weights_fingerprint
 from sg3archive.checkpoints.network_file import load_from_directory, network_from_safetensors
 from sg3archive.checkpoints.official_pickle import PersistentRecord, read_official_pickle
+from sg3archive.checkpoints.safe_read import MAX_PICKLE_BYTES, read_capped
 from sg3archive.errors import NetworkFormatError
+from sg3archive.networks.bounds import check_network_kwargs, check_state_size
 from sg3archive.networks.build import build_network, load_state_strict
 
 NETWORK_KEYS = {"G_ema": "Generator", "G": "Generator", "D": "Discriminator"}
@@ -36,9 +38,16 @@ def network_from_record(record: PersistentRecord, key: str, where: str) -> torch
         raise NetworkFormatError(f"{where}: {key!r} was built with positional arguments, which official networks never use.")
     if class_name == "Generator":
         _check_stylegan3(record, where)
-    net = build_network(class_name, record.init_kwargs())
-    state = record.state_dict()
-    load_state_strict(net, state, f"{where} [{key}]")
+    label = f"{where} [{key}]"
+    try:
+        init_kwargs = record.init_kwargs()
+        count = check_network_kwargs(class_name, init_kwargs, label)  # before anything is allocated
+        state = record.state_dict()  # bounded by the file's size
+    except NetworkFormatError as exc:
+        raise NetworkFormatError(str(exc) if str(exc).startswith(label) else f"{label}: {exc}") from None
+    check_state_size(count, state, label)
+    net = build_network(class_name, init_kwargs, label)
+    load_state_strict(net, state, label)
     net.fingerprint = weights_fingerprint(state)
     return net
 
@@ -78,8 +87,7 @@ def load_network(
     if fs.isdir(path):
         net = load_from_directory(url, key, storage_options)
     else:
-        with fs.open(path, "rb") as f:
-            data = f.read()
+        data = read_capped(fs, path, MAX_PICKLE_BYTES, f"network file {url}", "a network file", follow_symlinks=True)
         if data[:1] == b"\x80":
             net = _from_pickle(data, key, url)
         elif data[:2] == b"PK":

@@ -15,10 +15,11 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import math
 import operator
 import os
 import pickle
-import re
+import pickletools
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
@@ -26,6 +27,7 @@ import fsspec
 import numpy as np
 import torch
 
+from sg3archive.checkpoints.safe_read import MAX_PICKLE_BYTES, check_size, read_capped
 from sg3archive.errors import NetworkFormatError, Sg3ArchiveError, UnsafePickleError
 
 try:  # numpy >= 2 moved numpy.core to numpy._core
@@ -34,6 +36,8 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import multiarray as _np_multiarray
 
 _MAX_DEPTH = 64  # far deeper than any real network; stops self-referencing data early
+_MAX_KWARG_NODES = 10_000  # values in one module's constructor arguments (official: about 20)
+_UNBOUNDED = 1 << 62
 _ADVICE = (
     "If the file came from a fork you trust, convert it on a machine where you trust it "
     "with `sg3archive import-network`."
@@ -56,6 +60,7 @@ class PersistentRecord:
     state: dict = field(repr=False)
     version: int
     module_src_sha256: str | None = None  # diagnostics only; the source text itself is never kept
+    max_state_bytes: int | None = field(default=None, repr=False)  # what state_dict may copy (file-derived)
 
     def _field(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
         value = self.state.get(name, default)
@@ -78,9 +83,9 @@ class PersistentRecord:
         for name, child in self._field("_modules", dict, {}).items():
             if child is None:
                 continue
-            if not isinstance(child, PersistentRecord):
+            if not isinstance(name, str) or not isinstance(child, PersistentRecord):
                 raise NetworkFormatError(
-                    f"{self.class_name}.{name} is a {type(child).__name__}, not a network module."
+                    f"{self.class_name}.{str(name)[:60]} is a {type(child).__name__}, not a network module."
                 )
             out[name] = child
         return out
@@ -89,37 +94,65 @@ class PersistentRecord:
         """Flat state dict with the key names and order ``module.state_dict()`` gives.
 
         Parameters, then persistent buffers, then children recursively. Tensors are detached,
-        contiguous CPU copies; floating-point ones are float32 (other dtypes are kept).
+        contiguous CPU copies; floating-point ones are float32 (other dtypes are kept). Each
+        module is visited once (a module appearing twice in the tree is refused), and the copies
+        together stay within ``max_state_bytes`` (set from the size of the file it came from).
         """
         out: dict[str, torch.Tensor] = {}
-        self._collect(prefix, out, 0)
+        budget = [self.max_state_bytes if self.max_state_bytes is not None else _UNBOUNDED]
+        self._collect(prefix, out, 0, set(), budget)
         return out
 
-    def _collect(self, prefix: str, out: dict[str, torch.Tensor], depth: int) -> None:
+    def _collect(self, prefix: str, out: dict[str, torch.Tensor], depth: int, seen: set[int], budget: list[int]) -> None:
         if depth > _MAX_DEPTH:
             raise NetworkFormatError(f"{self.class_name} nests modules too deeply (or contains itself).")
+        if id(self) in seen:
+            raise NetworkFormatError(
+                f"{self.class_name} appears twice in one network ({prefix or 'top level'}); "
+                "official networks never share modules."
+            )
+        seen.add(id(self))
         skip = self._field("_non_persistent_buffers_set", (set, frozenset), set())
         for group in ("_parameters", "_buffers"):
             for name, value in self._field(group, dict, {}).items():
+                if not isinstance(name, str):
+                    raise NetworkFormatError(f"{self.class_name}.{group} has a {type(name).__name__} as a name.")
                 if value is None or (group == "_buffers" and name in skip):
                     continue
                 if not isinstance(value, torch.Tensor):
                     raise NetworkFormatError(f"{self.class_name}.{group}[{name!r}] is not a tensor.")
                 dtype = torch.float32 if value.is_floating_point() else value.dtype
+                budget[0] -= value.numel() * dtype.itemsize
+                if budget[0] < 0:
+                    raise NetworkFormatError(
+                        f"{self.class_name}: its tensors add up to more data than the file holds "
+                        "(the same weights are used many times over)."
+                    )
                 out[prefix + name] = value.detach().to("cpu", dtype).clone(memory_format=torch.contiguous_format)
         for name, child in self.children().items():
-            child._collect(f"{prefix}{name}.", out, depth + 1)
+            child._collect(f"{prefix}{name}.", out, depth + 1, seen, budget)
 
 
-def _plain(value: Any, depth: int = 0) -> Any:
-    """EasyDict/OrderedDict -> dict, tuple -> list, numpy/torch values -> Python values, recursively."""
+def _plain(value: Any, depth: int = 0, budget: list[int] | None = None) -> Any:
+    """EasyDict/OrderedDict -> dict, tuple -> list, numpy/torch values -> Python values, recursively.
+
+    At most ``_MAX_KWARG_NODES`` values in all: a list holding the same sub-list twice at every
+    level would otherwise expand exponentially.
+    """
+    budget = [_MAX_KWARG_NODES] if budget is None else budget
     if depth > _MAX_DEPTH:
         raise NetworkFormatError("constructor arguments nest too deeply (or contain themselves).")
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise NetworkFormatError(f"constructor arguments hold more than {_MAX_KWARG_NODES} values.")
     if isinstance(value, dict):
-        return {key: _plain(item, depth + 1) for key, item in value.items()}
+        return {key: _plain(item, depth + 1, budget) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item, depth + 1) for item in value]
+        return [_plain(item, depth + 1, budget) for item in value]
     if isinstance(value, (np.generic, np.ndarray, torch.Tensor)):
+        budget[0] -= value.numel() if isinstance(value, torch.Tensor) else int(np.size(value))
+        if budget[0] < 0:
+            raise NetworkFormatError(f"constructor arguments hold more than {_MAX_KWARG_NODES} values.")
         return value.tolist()
     return value
 
@@ -150,8 +183,12 @@ def _numpy_dtype(*args: Any) -> np.dtype:
 
 
 def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy pickles every array as an empty ``(0,)`` array plus BUILD; any other shape is refused,
+    since ``_reconstruct`` would allocate it from a few bytes of pickle."""
     if subtype is not _NDARRAY or not _dtype_ok(np.dtype(dtype)):
         raise _Refused("asks numpy to rebuild an array that is not a numpy.ndarray of plain numbers")
+    if type(shape) is not tuple or len(shape) != 1 or type(shape[0]) is not int or shape[0] != 0:
+        raise NetworkFormatError("a numpy array is declared with a shape numpy itself never pickles.")
     return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
 
 
@@ -173,7 +210,33 @@ def _build_allowed(inst: Any, state: Any) -> bool:
     return False
 
 
-# ---- torch: storages come from torch's own weights-only loader; tensors are views on them ----
+# ---- torch storages: parsed here from the bytes in the file, never left uninitialised ----
+#
+# ``torch.storage._load_from_bytes(blob)`` gets a complete legacy ``torch.save`` stream: five small
+# pickles (magic number, protocol version, system info, the storage's persistent id, the list of
+# storage keys), then the element count as 8 little-endian bytes and the raw data. torch's own
+# reader allocates the size the header declares and fills it only for keys the last pickle lists,
+# so a crafted stream could return gigabytes, or uninitialised heap memory. Here the storage is
+# made from the data bytes themselves, which must be exactly as many as declared.
+
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+_LEGACY_PROTOCOL = 1001
+_STORAGE_DTYPES = {
+    "DoubleStorage": torch.float64, "FloatStorage": torch.float32, "HalfStorage": torch.float16,
+    "BFloat16Storage": torch.bfloat16, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+    "ComplexFloatStorage": torch.complex64, "ComplexDoubleStorage": torch.complex128,
+}
+# The opcodes torch's legacy writer uses for those five pickles (protocol 2); anything else is refused.
+_STORAGE_OPCODES = {
+    op.code.encode("latin-1"): op for op in pickletools.opcodes if op.name in {
+        "PROTO", "STOP", "MARK", "NONE", "NEWTRUE", "NEWFALSE", "BININT", "BININT1", "BININT2", "LONG1",
+        "BINUNICODE", "SHORT_BINUNICODE", "EMPTY_DICT", "EMPTY_LIST", "EMPTY_TUPLE", "SETITEM", "SETITEMS",
+        "APPEND", "APPENDS", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "BINPUT", "LONG_BINPUT", "BINGET",
+        "LONG_BINGET", "MEMOIZE", "GLOBAL", "BINPERSID",
+    }
+}
+
 
 @dataclass(frozen=True)
 class _Storage:
@@ -181,40 +244,164 @@ class _Storage:
     dtype: torch.dtype
 
 
-def _load_from_bytes(blob: Any) -> _Storage:
-    """Each storage is a complete legacy ``torch.save`` stream; torch reads it weights-only."""
-    if not isinstance(blob, (bytes, bytearray)):
-        raise NetworkFormatError("a tensor storage is not stored as bytes.")
-    try:
-        obj = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # torch's text here advises weights_only=False: never show it
-        found = re.search(r"GLOBAL (\S+)", str(exc))
-        if found or "unsupported" in str(exc).lower():
-            what = f"the global {found.group(1)!r}" if found else "content torch's weights-only loader refuses"
-            raise _Refused(f"holds a tensor storage that references {what}") from None
-        raise NetworkFormatError("a tensor storage is corrupt (torch could not decode it).") from None
-    if isinstance(obj, torch.storage.TypedStorage):  # what torch 2.14 returns for these streams
-        return _Storage(obj._untyped_storage, obj.dtype)  # private attribute: the public one warns
-    if isinstance(obj, torch.UntypedStorage):
-        return _Storage(obj, torch.uint8)
-    raise NetworkFormatError(f"a tensor storage decoded to a {type(obj).__name__}, not a storage.")
+class _StorageId:
+    """What the storage pickle's persistent id stands for while it is being unpickled."""
 
 
-def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any
-) -> torch.Tensor:
-    """View of ``storage``; requires_grad, backward hooks and metadata are ignored (data only)."""
-    if not isinstance(storage, _Storage):
-        raise NetworkFormatError("a tensor is not backed by a tensor storage.")
-    offset = operator.index(storage_offset)
-    size, stride = tuple(map(operator.index, size)), tuple(map(operator.index, stride))
-    numel = storage.untyped.nbytes() // storage.dtype.itemsize
-    last = offset + sum((n - 1) * s for n, s in zip(size, stride))
-    if len(size) != len(stride) or min((offset, *size, *stride)) < 0 or (all(size) and last >= numel):
+class _StorageUnpickler(pickle.Unpickler):
+    """Unpickles the small header pickles of a storage stream: only ``torch.<X>Storage`` names."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(io.BytesIO(data))
+        self.ids: list[Any] = []
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        raise _Refused(f"holds a tensor storage that references the global {f'{module}.{name}'[:200]!r}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        self.ids.append(pid)
+        return _StorageId()
+
+
+def _next_pickle(blob: bytes, pos: int) -> tuple[Any, int, list[Any]]:
+    """Vet the opcodes of the pickle starting at ``pos``, then unpickle it; returns (value, end, ids)."""
+    stream = io.BytesIO(blob)
+    stream.seek(pos)
+    while True:
+        code = stream.read(1)
+        if not code:
+            raise NetworkFormatError("a tensor storage is truncated.")
+        op = _STORAGE_OPCODES.get(code)
+        if op is None:
+            name = pickletools.code2op[code.decode("latin-1")].name if code.decode("latin-1") in pickletools.code2op else code
+            raise _Refused(f"holds a tensor storage with the pickle opcode {name}, which torch never writes there")
+        if op.arg is not None:
+            try:
+                arg = op.arg.reader(stream)
+            except ValueError:
+                raise NetworkFormatError("a tensor storage is truncated.") from None
+            if op.name == "GLOBAL":  # name the culprit even when a later opcode would be refused
+                _StorageUnpickler(b"").find_class(*(arg.split(" ", 1) + [""])[:2])
+        if op.name == "STOP":
+            break
+    end = stream.tell()
+    unpickler = _StorageUnpickler(blob[pos:end])
+    return unpickler.load(), end, unpickler.ids
+
+
+def _storage_header(blob: bytes) -> tuple[torch.dtype, int, int]:
+    """Check the four header pickles and the key list; returns (dtype, element count, data offset)."""
+    magic, pos, _ = _next_pickle(blob, 0)
+    protocol, pos, _ = _next_pickle(blob, pos)
+    if type(magic) is not int or magic != _LEGACY_MAGIC or type(protocol) is not int or protocol != _LEGACY_PROTOCOL:
+        raise NetworkFormatError("a tensor storage is corrupt (it lacks torch's legacy header).")
+    sys_info, pos, _ = _next_pickle(blob, pos)
+    if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
+        raise NetworkFormatError("a tensor storage was written big-endian or lacks its system info.")
+    storage, pos, ids = _next_pickle(blob, pos)
+    keys, pos, _ = _next_pickle(blob, pos)
+    pid = ids[0] if len(ids) == 1 else None
+    if (
+        not isinstance(storage, _StorageId) or type(pid) is not tuple or len(pid) != 6 or pid[0] != "storage"
+        or pid[1] not in _STORAGE_DTYPES.values() or not isinstance(pid[2], str) or type(pid[4]) is not int
+        or pid[4] < 0 or pid[5] is not None
+    ):
+        raise NetworkFormatError("a tensor storage does not hold exactly one plain storage.")
+    if keys != [pid[2]]:
         raise NetworkFormatError(
-            f"a tensor (size {size}, stride {stride}, offset {offset}) overruns its storage of {numel} elements."
+            "a tensor storage declares data it does not contain (its key list does not name it); "
+            "the file is damaged or crafted."
         )
-    return torch.empty(0, dtype=storage.dtype).set_(storage.untyped, offset, size, stride)
+    return pid[1], pid[4], pos
+
+
+def _parse_storage(blob: bytes) -> _Storage:
+    """A storage made from the data bytes of a legacy ``torch.save`` stream (see above)."""
+    if blob[:2] == b"PK":
+        raise NetworkFormatError("a tensor storage is a torch zip archive, which StyleGAN3 snapshots never contain.")
+    dtype, numel, pos = _storage_header(blob)
+    nbytes = numel * dtype.itemsize
+    if len(blob) < pos + 8 or int.from_bytes(blob[pos : pos + 8], "little") != numel:
+        raise NetworkFormatError("a tensor storage's element count does not match its header.")
+    present = len(blob) - pos - 8
+    if present != nbytes:
+        raise NetworkFormatError(
+            f"a tensor storage declares {numel:,} elements ({nbytes:,} bytes) but holds {present:,} bytes; "
+            "the file is damaged or crafted."
+        )
+    if nbytes == 0:
+        return _Storage(torch.UntypedStorage(0), dtype)
+    data = torch.frombuffer(bytearray(blob[pos + 8 :]), dtype=torch.uint8)
+    return _Storage(data.untyped_storage(), dtype)
+
+
+class _LoadContext:
+    """Per-file limits and caches, shared by the functions a pickle may call.
+
+    ``tensor_bytes``: all tensor views together may cover at most about twice the file (a view
+    repeats no data of its own; official snapshots hold each tensor once). ``work``: elements the
+    allowed constructors may copy, so shared sub-structures cannot multiply the work.
+    """
+
+    def __init__(self, file_size: int) -> None:
+        self.max_bytes = 2 * file_size + (1 << 20)
+        self.tensor_bytes = 0
+        self.work = 4 * file_size + 100_000
+        self.src_digests: dict[int, tuple[str, str]] = {}
+
+    def charge(self, amount: int) -> None:
+        self.work -= amount
+        if self.work < 0:
+            raise NetworkFormatError("it builds far more data than its size allows (shared structures repeated).")
+
+    def load_from_bytes(self, blob: Any) -> _Storage:
+        if not isinstance(blob, (bytes, bytearray)):
+            raise NetworkFormatError("a tensor storage is not stored as bytes.")
+        return _parse_storage(bytes(blob))
+
+    def rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any) -> torch.Tensor:
+        """View of ``storage``; requires_grad, backward hooks and metadata are ignored (data only)."""
+        if not isinstance(storage, _Storage):
+            raise NetworkFormatError("a tensor is not backed by a tensor storage.")
+        offset = operator.index(storage_offset)
+        size, stride = tuple(map(operator.index, size)), tuple(map(operator.index, stride))
+        numel_storage = storage.untyped.nbytes() // storage.dtype.itemsize
+        numel = math.prod(size)
+        last = offset + sum((n - 1) * s for n, s in zip(size, stride))
+        if len(size) != len(stride) or len(size) > 32 or min((offset, *size, *stride)) < 0 or (numel and last >= numel_storage):
+            raise NetworkFormatError(
+                f"a tensor (size {size}, stride {stride}, offset {offset}) overruns its storage of {numel_storage} elements."
+            )
+        if any(s == 0 and n > 1 for n, s in zip(size, stride)) or numel > numel_storage:
+            raise NetworkFormatError(
+                f"a tensor (size {size}, stride {stride}) repeats the {numel_storage} values of its storage "
+                "(a zero or overlapping stride); official snapshots never do that."
+            )
+        self.tensor_bytes += numel * storage.dtype.itemsize
+        if self.tensor_bytes > self.max_bytes:
+            raise NetworkFormatError(
+                f"its tensors cover more than {self.max_bytes:,} bytes, more than the file holds; "
+                "the same data is used many times over."
+            )
+        return torch.empty(0, dtype=storage.dtype).set_(storage.untyped, offset, size, stride)
+
+    def reconstruct_persistent_obj(self, meta: Any) -> PersistentRecord:
+        """Record the class name and state; ``module_src`` is only hashed (once per string), never run."""
+        if not isinstance(meta, dict) or meta.get("type") != "class":
+            raise NetworkFormatError("a persistent object is not a pickled class instance.")
+        name, state, version, src = (meta.get(k) for k in ("class_name", "state", "version", "module_src"))
+        if not isinstance(name, str) or not isinstance(state, dict) or type(version) is not int:
+            raise NetworkFormatError("a persistent object lacks class_name, state or version.")
+        digest = None
+        if isinstance(src, str):
+            cached = self.src_digests.get(id(src))
+            if cached is None or cached[0] is not src:
+                cached = (src, hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest())
+                self.src_digests[id(src)] = cached
+            digest = cached[1]
+        return PersistentRecord(name, state, version, digest, max_state_bytes=self.max_bytes)
 
 
 def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
@@ -223,40 +410,47 @@ def _rebuild_parameter(data: Any, *_ignored: Any) -> torch.Tensor:
     return data
 
 
-def _reconstruct_persistent_obj(meta: Any) -> PersistentRecord:
-    """Record the class name and state; ``module_src`` is only hashed, never looked at otherwise."""
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise NetworkFormatError("a persistent object is not a pickled class instance.")
-    name, state, version, src = (meta.get(k) for k in ("class_name", "state", "version", "module_src"))
-    if not isinstance(name, str) or not isinstance(state, dict) or type(version) is not int:
-        raise NetworkFormatError("a persistent object lacks class_name, state or version.")
-    digest = None if not isinstance(src, str) else hashlib.sha256(src.encode("utf-8", "surrogatepass")).hexdigest()
-    return PersistentRecord(name, state, version, digest)
+def _allowed(ctx: _LoadContext) -> dict[tuple[str, str], Any]:
+    """Every global an official snapshot names, mapped to our data-only stand-in for this load."""
+    numpy_globals = {"_reconstruct": _numpy_reconstruct, "scalar": _numpy_scalar}
+    return {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("dnnlib.util", "EasyDict"): EasyDict,
+        ("numpy", "dtype"): _numpy_dtype,
+        ("numpy", "ndarray"): _NDARRAY,
+        **{
+            (module, name): fn
+            for module in ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x / numpy 2 spelling
+            for name, fn in numpy_globals.items()
+        },
+        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+        ("torch._utils", "_rebuild_tensor_v2"): ctx.rebuild_tensor_v2,
+        ("torch.storage", "_load_from_bytes"): ctx.load_from_bytes,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): ctx.reconstruct_persistent_obj,
+    }
 
 
-_NUMPY_GLOBALS = {"_reconstruct": _numpy_reconstruct, "scalar": _numpy_scalar}
-_ALLOWED: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): _numpy_dtype,
-    ("numpy", "ndarray"): _NDARRAY,
-    **{
-        (module, name): fn
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1.x / numpy 2 spelling
-        for name, fn in _NUMPY_GLOBALS.items()
-    },
-    ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-    ("torch.storage", "_load_from_bytes"): _load_from_bytes,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-}
+_ATOMS = (str, int, float, bool, bytes, type(None))
+
+
+def _check_key(key: Any) -> None:
+    """Dict keys and set items are hashed, and hashing a tuple walks it with no cache: a tuple
+    sharing its halves at every level would take forever. Official snapshots use plain keys."""
+    if isinstance(key, _ATOMS) or (type(key) is tuple and len(key) <= 16 and all(isinstance(k, _ATOMS) for k in key)):
+        return
+    raise NetworkFormatError(f"a dict key or set item is a {type(key).__name__}; official snapshots use plain keys.")
 
 
 class _SnapshotUnpickler(pickle._Unpickler):  # pure-Python unpickler: its opcodes can be vetted
     dispatch = dict(pickle._Unpickler.dispatch)
 
+    def __init__(self, file: BinaryIO, ctx: _LoadContext) -> None:
+        super().__init__(file)
+        self.ctx = ctx
+        self.allowed = _allowed(ctx)
+
     def find_class(self, module: str, name: str) -> Any:
-        target = _ALLOWED.get((module, name))
+        target = self.allowed.get((module, name))
         if target is None:
             raise _Refused(f"references the global {f'{module}.{name}'[:200]!r}")
         return target
@@ -267,6 +461,9 @@ class _SnapshotUnpickler(pickle._Unpickler):  # pure-Python unpickler: its opcod
     def _load_ext(self) -> None:
         raise _Refused("uses the pickle extension registry (EXT opcodes)")
 
+    def _load_inst(self) -> None:
+        raise _Refused("uses the protocol-0 INST/OBJ opcodes")
+
     def _load_build(self) -> None:
         inst, state = self.stack[-2], self.stack[-1]
         if not _build_allowed(inst, state):
@@ -274,14 +471,72 @@ class _SnapshotUnpickler(pickle._Unpickler):  # pure-Python unpickler: its opcod
             raise _Refused(f"applies __setstate__ (pickle BUILD) to a {kind} in an unexpected way")
         pickle._Unpickler.load_build(self)
 
+    def _load_reduce(self) -> None:
+        args = self.stack[-1]
+        self.ctx.charge(1 + sum(len(a) for a in args if isinstance(a, (dict, list, tuple, set, frozenset, str, bytes)))
+                        if isinstance(args, tuple) else 1)
+        pickle._Unpickler.load_reduce(self)
+
+    def _load_setitem(self) -> None:
+        _check_key(self.stack[-2])
+        pickle._Unpickler.load_setitem(self)
+
+    # After MARK the pure unpickler starts a fresh ``self.stack``: it holds exactly the marked items.
+    def _load_setitems(self) -> None:
+        for key in self.stack[::2]:
+            _check_key(key)
+        pickle._Unpickler.load_setitems(self)
+
+    def _load_additems(self) -> None:
+        for item in self.stack:
+            _check_key(item)
+        pickle._Unpickler.load_additems(self)
+
+    def _load_frozenset(self) -> None:
+        for item in self.stack:
+            _check_key(item)
+        pickle._Unpickler.load_frozenset(self)
+
+    def _load_dict(self) -> None:
+        for key in self.stack[::2]:
+            _check_key(key)
+        pickle._Unpickler.load_dict(self)
+
     for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_op[0]] = _load_ext
+    for _op in (pickle.INST, pickle.OBJ):
+        dispatch[_op[0]] = _load_inst
     dispatch[pickle.BUILD[0]] = _load_build
+    dispatch[pickle.REDUCE[0]] = _load_reduce
+    dispatch[pickle.SETITEM[0]] = _load_setitem
+    dispatch[pickle.SETITEMS[0]] = _load_setitems
+    dispatch[pickle.ADDITEMS[0]] = _load_additems
+    dispatch[pickle.FROZENSET[0]] = _load_frozenset
+    dispatch[pickle.DICT[0]] = _load_dict
     del _op
 
 
-def _load(file: BinaryIO, label: str) -> dict:
-    head = file.read(2)  # the PROTO opcode, which every Python 3 pickle starts with; consumed here
+def _read_source(source: Any, storage_options: dict | None) -> tuple[bytes, str]:
+    """The whole pickle as bytes (size checked before reading) and a label naming it."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        check_size(len(data), MAX_PICKLE_BYTES, "the pickle data", "a StyleGAN3 snapshot")
+        return data, "the pickle data"
+    if isinstance(source, (str, os.PathLike)):
+        path = str(os.fspath(source))
+        fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
+        return read_capped(fs, fs_path, MAX_PICKLE_BYTES, repr(path), "a StyleGAN3 snapshot", follow_symlinks=True), repr(path)
+    if hasattr(source, "read"):
+        name = getattr(source, "name", None)
+        label = repr(name) if isinstance(name, str) else "the pickle stream"
+        data = source.read(MAX_PICKLE_BYTES + 1)
+        check_size(len(data), MAX_PICKLE_BYTES, label, "a StyleGAN3 snapshot")
+        return data, label
+    raise TypeError(f"read_official_pickle needs a path, URL, bytes or a binary file, not {type(source).__name__}.")
+
+
+def _load(data: bytes, label: str) -> dict:
+    head = data[:2]  # the PROTO opcode, which every Python 3 pickle starts with
     if len(head) < 2 or head[0] != pickle.PROTO[0] or not 2 <= head[1] <= pickle.HIGHEST_PROTOCOL:
         hint = " (a zip archive, such as a torch.save file)" if head.startswith(b"PK") else ""
         raise NetworkFormatError(
@@ -289,7 +544,7 @@ def _load(file: BinaryIO, label: str) -> dict:
             "Pass the network-snapshot.pkl that StyleGAN3 training wrote."
         )
     try:
-        obj = _SnapshotUnpickler(file).load()
+        obj = _SnapshotUnpickler(io.BytesIO(data), _LoadContext(len(data))).load()
     except _Refused as exc:
         raise UnsafePickleError(
             f"{label} {exc}, which an official StyleGAN3 snapshot never needs; "
@@ -297,13 +552,13 @@ def _load(file: BinaryIO, label: str) -> dict:
         ) from None
     except NetworkFormatError as exc:
         raise NetworkFormatError(f"{label}: {exc}") from None
-    except (Sg3ArchiveError, OSError):
+    except Sg3ArchiveError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # MemoryError and RecursionError included: always one typed line
         raise NetworkFormatError(
             f"{label} is not a readable StyleGAN3 snapshot pickle ({type(exc).__name__}: {str(exc)[:200]}); "
             "it may be truncated or not a pickle at all. Copy it again from its source."
-        ) from exc
+        ) from None
     if not isinstance(obj, dict):
         raise NetworkFormatError(
             f"{label} holds a {type(obj).__name__} at its top level, not the dict of a training "
@@ -323,15 +578,9 @@ def read_official_pickle(
     file's bytes, or a binary file object. Returns the top-level dict: networks (``G``, ``D``,
     ``G_ema``, ``augment_pipe``) as :class:`PersistentRecord` (or ``None``), other entries as data.
     Raises UnsafePickleError for anything outside the allow-list and NetworkFormatError for a
-    file that is not a (complete) snapshot pickle.
+    file that is not a (complete) snapshot pickle, or that declares more data than it holds.
+    The file is read whole (at most ``MAX_PICKLE_BYTES``) and the work of reading it is bounded
+    by its size.
     """
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return _load(io.BytesIO(bytes(source)), "the pickle data")
-    if isinstance(source, (str, os.PathLike)):
-        path = str(os.fspath(source))
-        with fsspec.open(path, "rb", **(storage_options or {})) as file:
-            return _load(file, repr(path))
-    if hasattr(source, "read"):
-        name = getattr(source, "name", None)
-        return _load(source, repr(name) if isinstance(name, str) else "the pickle stream")
-    raise TypeError(f"read_official_pickle needs a path, URL, bytes or a binary file, not {type(source).__name__}.")
+    data, label = _read_source(source, storage_options)
+    return _load(data, label)

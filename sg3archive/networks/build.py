@@ -8,23 +8,27 @@ from typing import Any
 import torch
 
 from sg3archive.errors import NetworkFormatError
+from sg3archive.networks.bounds import check_finite, check_network_kwargs
 from sg3archive.networks.discriminator import Discriminator
 from sg3archive.networks.generator import Generator
 
 NETWORK_CLASSES: dict[str, type[torch.nn.Module]] = {"Generator": Generator, "Discriminator": Discriminator}
 
 
-def build_network(class_name: str, init_kwargs: dict[str, Any]) -> torch.nn.Module:
+def build_network(class_name: str, init_kwargs: dict[str, Any], where: str = "the network settings") -> torch.nn.Module:
     """A fresh (randomly initialized) network of ``class_name`` built with ``init_kwargs``.
 
-    Raises ``NetworkFormatError`` naming the argument or class when the config does not fit.
+    The arguments are checked against ``sg3archive.networks.bounds`` first (types, ranges, the
+    parameter count they imply), so nothing is allocated for implausible settings. Raises
+    ``NetworkFormatError`` naming ``where`` and the argument or class when the config does not fit.
     """
     cls = NETWORK_CLASSES.get(class_name)
     if cls is None:
         raise NetworkFormatError(
-            f"network class {class_name!r} is not supported; sg3archive reads StyleGAN3 generators "
+            f"network class {str(class_name)[:60]!r} is not supported; sg3archive reads StyleGAN3 generators "
             f"and their StyleGAN2 discriminators ({', '.join(NETWORK_CLASSES)})."
         )
+    check_network_kwargs(class_name, init_kwargs, where)
     try:
         return cls(**init_kwargs)
     except TypeError as exc:
@@ -33,12 +37,17 @@ def build_network(class_name: str, init_kwargs: dict[str, Any]) -> torch.nn.Modu
             f"cannot build {class_name} from the recorded arguments ({exc}); accepted arguments: {accepted}. "
             "Was the file written by a different network family (e.g. StyleGAN2 or StyleGAN-XL)?"
         ) from exc
-    except ValueError as exc:
-        raise NetworkFormatError(f"cannot build {class_name} from the recorded arguments: {exc}") from exc
+    except (ValueError, ArithmeticError, RuntimeError, MemoryError) as exc:
+        raise NetworkFormatError(
+            f"{where}: cannot build {class_name} from the recorded arguments ({type(exc).__name__}: {str(exc)[:200]}); "
+            "re-export the network from its source."
+        ) from None
 
 
 def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict(strict=True)`` with an error that lists what did not fit."""
+    """``load_state_dict(strict=True)`` with an error that lists what did not fit; weights holding
+    NaN or infinity are refused (such a network only ever makes NaN images)."""
+    check_finite(state, what)
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

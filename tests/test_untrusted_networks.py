@@ -1,0 +1,469 @@
+"""Untrusted pickles, network directories and encoder files: every crafted file fails fast, typed, small.
+
+Each case is a real file written to disk. The in-process tests use magnitudes that are harmless
+for any loader and check the message; ``test_crafted_files_are_bounded`` loads full-size attacks
+(gigabyte declarations, /dev/zero, exponential sharing) in a forked child with an address-space
+limit and checks that each ends in a typed error within 5 s and +200 MB of resident memory.
+``benchmarks/untrusted_files.py`` prints the same measurements as a table.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import os
+import pickle
+import re
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sg3archive
+from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
+from sg3archive.checkpoints.network_file import save_networks
+from sg3archive.checkpoints.official_pickle import read_official_pickle
+from sg3archive.errors import NetworkFormatError, Sg3ArchiveError
+from sg3archive.networks import Generator
+from sg3archive.networks.bounds import (
+    check_network_kwargs,
+    discriminator_parameter_count,
+    generator_parameter_count,
+)
+from sg3archive.networks.encoder import build_encoder
+from sg3archive.networks.presets import CONFIGS
+from test_official_pickle import _dumps, _Global, _Reduce
+
+TIME_LIMIT_S = 5.0
+RSS_LIMIT_MB = 200.0
+TINY_G = dict(z_dim=8, w_dim=8, c_dim=0, img_resolution=16, img_channels=3, channel_base=256, channel_max=16,
+              mapping_kwargs={"num_layers": 2})
+TINY_E = dict(num_ws=4, w_dim=8, img_resolution=16, channels=[8, 8], width=1.0)
+
+
+# ---- crafting: legacy torch storages, tensors and official-format records ----
+
+def legacy_storage(declared: int, payload: bytes, *, keys: tuple[str, ...] = ("k",)) -> bytes:
+    """A legacy ``torch.save`` stream for one float32 storage that declares ``declared`` elements."""
+
+    marker = object()
+
+    class _Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "k", "cpu", declared, None) if obj is marker else None
+
+    out = io.BytesIO()
+    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+        pickle.dump(header, out, protocol=2)
+    _Pickler(out, protocol=2).dump(marker)
+    pickle.dump(list(keys), out, protocol=2)
+    out.write(declared.to_bytes(8, "little") + payload)
+    return out.getvalue()
+
+
+def tensor(storage_blob: bytes, size: tuple, stride: tuple, offset: int = 0) -> _Reduce:
+    storage = _Reduce(torch.storage._load_from_bytes, (storage_blob,))
+    return _Reduce(torch._utils._rebuild_tensor_v2, (storage, offset, size, stride, False, collections.OrderedDict()))
+
+
+def record(class_name: str, modules: dict | None = None, init_kwargs: dict | None = None,
+           params: dict | None = None) -> _Reduce:
+    """One persistent network object the way official snapshots store it (source omitted)."""
+    state = {"_parameters": params or {}, "_buffers": {}, "_modules": modules or {}, "_init_args": (),
+             "_init_kwargs": init_kwargs or {}}
+    meta = {"type": "class", "version": 6, "module_src": "# omitted", "class_name": class_name, "state": state}
+    return _Reduce(_Global("torch_utils.persistence", "_reconstruct_persistent_obj"), (meta,))
+
+
+def generator_pickle(init_kwargs: dict, modules: dict | None = None, params: dict | None = None) -> bytes:
+    """``{"G_ema": Generator}`` with a StyleGAN3 synthesis (it has an ``input`` layer)."""
+    synthesis = record("SynthesisNetwork", {"input": record("SynthesisInput")})
+    return _dumps({"G_ema": record("Generator", {"synthesis": synthesis, **(modules or {})}, init_kwargs, params)})
+
+
+def shared_module_bomb(levels: int = 60) -> bytes:
+    """A module tree in which every module holds the next one twice: 2**levels visits to walk it."""
+    node = record("Leaf")
+    for _ in range(levels):
+        node = record("Node", {"a": node, "b": node})
+    return generator_pickle(TINY_G, {"mapping": node})
+
+
+def shared_kwargs_bomb(levels: int = 60) -> bytes:
+    """Constructor arguments whose list holds the next list twice at every level."""
+    nested: list = []
+    for _ in range(levels):
+        nested = [nested, nested]
+    return generator_pickle({**TINY_G, "mapping_kwargs": {"num_layers": nested}})
+
+
+def tiny_network_dir(root: Path, *, nan: bool = False) -> Path:
+    """A real network directory with a tiny generator (optionally one weight NaN)."""
+    torch.manual_seed(0)
+    G = Generator(**TINY_G)
+    if nan:
+        with torch.no_grad():
+            G.mapping.fc0.weight[0, 0] = float("nan")
+    save_networks({"G_ema": G}, str(root))
+    return root
+
+
+def edit_index(root: Path, edit) -> Path:
+    index = json.loads((root / "network.json").read_text())
+    edit(index)
+    (root / "network.json").write_text(json.dumps(index))
+    return root
+
+
+def tiny_encoder_dir(root: Path, *, nan: bool = False) -> Path:
+    torch.manual_seed(0)
+    encoder = build_encoder("single", **TINY_E)
+    if nan:
+        with torch.no_grad():
+            next(encoder.parameters()).view(-1)[0] = float("inf")
+    save_encoder(encoder, str(root), generator_fingerprint="0" * 64)
+    return root
+
+
+def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
+    """The full-size attacks of issue 11 (items 5 and 6): name → (loader, path). Never load these
+    in the test process: an unbounded loader needs gigabytes or hours for them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cases: dict[str, tuple[str, str]] = {}
+
+    def pkl(name: str, data: bytes) -> None:
+        (folder / f"{name}.pkl").write_bytes(data)
+        cases[name] = ("network", str(folder / f"{name}.pkl"))
+
+    one = legacy_storage(1, b"\0\0\x80?")
+    pkl("pickle: shared-module bomb", shared_module_bomb())
+    pkl("pickle: shared-kwargs bomb", shared_kwargs_bomb())
+    pkl("pickle: 8 GB storage, 16 bytes", generator_pickle(TINY_G, params={"w": tensor(legacy_storage(2**31, b"\0" * 16), (4,), (1,))}))
+    pkl("pickle: unfilled 8 GB storage", generator_pickle(TINY_G, params={"w": tensor(legacy_storage(2**31, b"", keys=()), (2**31,), (1,))}))
+    pkl("pickle: stride 0, 2**30 elements", generator_pickle(TINY_G, params={"w": tensor(one, (2**30,), (0,))}))
+    pkl("pickle: channel_max 2**15", generator_pickle({**TINY_G, "channel_base": 2**17, "channel_max": 2**15}))
+    pkl("pickle: num_layers 200000", generator_pickle({**TINY_G, "num_layers": 200_000}))
+
+    def net(name: str, make) -> None:
+        cases[name] = ("network", str(make(folder / re.sub(r"[^A-Za-z0-9]+", "_", name))))
+
+    def dev_zero(root: Path) -> Path:
+        tiny_network_dir(root)
+        (root / "G_ema.safetensors").unlink()
+        (root / "G_ema.safetensors").symlink_to("/dev/zero")
+        return root
+
+    def sparse(root: Path) -> Path:
+        tiny_network_dir(root)
+        os.truncate(root / "G_ema.safetensors", 4 << 30)  # 4 GB, sparse: costs no disk
+        return root
+
+    net("directory: weights -> /dev/zero", dev_zero)
+    net("directory: 4 GB weights file", sparse)
+    net("directory: index names ../", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"].update(weights="../../etc/passwd")))
+    net("directory: channel_max 2**15", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"]["init_kwargs"].update(channel_base=2**17, channel_max=2**15)))
+
+    def encoder_zero(root: Path) -> Path:
+        tiny_encoder_dir(root)
+        (root / "encoder.safetensors").unlink()
+        (root / "encoder.safetensors").symlink_to("/dev/zero")
+        return root
+
+    cases["encoder: weights -> /dev/zero"] = ("encoder", str(encoder_zero(folder / "enc_zero")))
+    root = tiny_encoder_dir(folder / "enc_wide")
+    doc = json.loads((root / "encoder.json").read_text())
+    doc["init_kwargs"].update(channels=[4096] * 16, width=16.0, img_resolution=2048)
+    (root / "encoder.json").write_text(json.dumps(doc))
+    cases["encoder: channels 4096 x 16"] = ("encoder", str(root))
+    return cases
+
+
+# ---- the isolated runner: one forked child per case, address space limited, peak RSS measured ----
+
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _load_case(kind: str, path: str) -> None:
+    if kind == "encoder":
+        load_encoder(path)
+    else:
+        sg3archive.load_network(path)
+
+
+def _child(kind: str, path: str, write_fd: int, slack_mb: int) -> None:
+    """In the forked child: reset the RSS peak, limit the address space, load, report as JSON."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM (Linux >= 4.0), so the peak below is this load's
+    start_kb = _status_kb("VmRSS")
+    limit = _status_kb("VmSize") * 1024 + slack_mb * (1 << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    begin = time.perf_counter()
+    try:
+        _load_case(kind, path)
+        outcome, typed = "loaded without error", False
+    except Sg3ArchiveError as exc:
+        outcome, typed = f"{type(exc).__name__}: {exc}", True
+    except BaseException as exc:  # noqa: BLE001 - reported, not hidden
+        outcome, typed = f"{type(exc).__name__}: {exc}", False
+    seconds = time.perf_counter() - begin
+    rss_mb = (_status_kb("VmHWM") - start_kb) / 1024
+    os.write(write_fd, json.dumps({"outcome": outcome[:300], "typed": typed, "seconds": seconds, "rss_mb": rss_mb}).encode())
+    os._exit(0)
+
+
+def run_forked(cases: dict[str, tuple[str, str]], timeout: float = TIME_LIMIT_S, slack_mb: int = 1024) -> dict[str, dict]:
+    """Load each case in a child forked from this (torch-importing) process; kill it after ``timeout``.
+
+    Only call this from a process that has not started extra threads (the runner's ``main``).
+    """
+    results = {}
+    for name, (kind, path) in cases.items():
+        read_fd, write_fd = os.pipe()
+        begin = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child(kind, path, write_fd, slack_mb)
+        os.close(write_fd)
+        while time.perf_counter() - begin < timeout + 1 and os.waitpid(pid, os.WNOHANG) == (0, 0):
+            time.sleep(0.01)
+        else:
+            if time.perf_counter() - begin >= timeout + 1:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        data = os.read(read_fd, 1 << 16)
+        os.close(read_fd)
+        results[name] = json.loads(data) if data else {
+            "outcome": f"killed (no answer within {timeout + 1:.0f} s, or the child died)", "typed": False,
+            "seconds": time.perf_counter() - begin, "rss_mb": float("nan"),
+        }
+    return results
+
+
+def main(argv: list[str]) -> None:
+    """``python tests/test_untrusted_networks.py FOLDER``: craft the full-size cases there, load each
+    in a forked child, print the results as JSON (what the test and the benchmark read)."""
+    torch.set_num_threads(1)
+    cases = craft_full_size(Path(argv[0]))
+    print(json.dumps(run_forked(cases)))
+
+
+@pytest.fixture(scope="module")
+def isolated_results(tmp_path_factory) -> dict[str, dict]:
+    folder = tmp_path_factory.mktemp("untrusted")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, __file__, str(folder)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+FULL_SIZE_CASES = [
+    "pickle: shared-module bomb", "pickle: shared-kwargs bomb", "pickle: 8 GB storage, 16 bytes",
+    "pickle: unfilled 8 GB storage", "pickle: stride 0, 2**30 elements", "pickle: channel_max 2**15",
+    "pickle: num_layers 200000", "directory: weights -> /dev/zero", "directory: 4 GB weights file",
+    "directory: index names ../", "directory: channel_max 2**15", "encoder: weights -> /dev/zero",
+    "encoder: channels 4096 x 16",
+]
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc to measure peak RSS")
+@pytest.mark.parametrize("name", FULL_SIZE_CASES)
+def test_crafted_files_are_bounded(isolated_results: dict[str, dict], name: str) -> None:
+    result = isolated_results[name]
+    assert result["typed"], result["outcome"]
+    assert result["seconds"] < TIME_LIMIT_S, result
+    assert result["rss_mb"] < RSS_LIMIT_MB, result
+
+
+# ---- in-process: harmless magnitudes, precise messages ----
+
+def _write(tmp_path: Path, data: bytes) -> Path:
+    path = tmp_path / "snapshot.pkl"
+    path.write_bytes(data)
+    return path
+
+
+def test_shared_module_tree_is_refused_without_walking_it(tmp_path: Path) -> None:
+    data = shared_module_bomb(levels=12)  # 4096 visits: quick even for a naive walk
+    assert len(data) < 7 * 1024
+    with pytest.raises(NetworkFormatError, match="appears twice"):
+        sg3archive.load_network(_write(tmp_path, data))
+
+
+def test_shared_kwargs_are_bounded(tmp_path: Path) -> None:
+    with pytest.raises(NetworkFormatError, match="more than 10000 values"):
+        sg3archive.load_network(_write(tmp_path, shared_kwargs_bomb(levels=14)))
+
+
+@pytest.mark.parametrize(
+    ("blob", "match"),
+    [
+        (legacy_storage(1 << 16, b"\0" * 16), r"declares 65,536 elements \(262,144 bytes\) but holds 16 bytes"),
+        (legacy_storage(4, b"\0" * 64), "declares 4 elements .* but holds 64 bytes"),
+        (legacy_storage(4, b"\0" * 16, keys=()), "declares data it does not contain"),
+    ],
+    ids=["more-declared-than-present", "trailing-bytes", "declared-but-unfilled"],
+)
+def test_storage_must_be_filled_from_bytes_in_the_file(blob: bytes, match: str) -> None:
+    with pytest.raises(NetworkFormatError, match=match):
+        read_official_pickle(_dumps({"t": tensor(blob, (4,), (1,))}))
+
+
+@pytest.mark.parametrize(
+    ("size", "stride", "match"),
+    [((1000,), (0,), "zero or overlapping stride"), ((30, 30), (1, 1), "zero or overlapping stride")],
+    ids=["stride-0", "overlapping"],
+)
+def test_views_that_repeat_storage_are_refused(size: tuple, stride: tuple, match: str) -> None:
+    blob = legacy_storage(64, b"\0" * 256)
+    with pytest.raises(NetworkFormatError, match=match):
+        read_official_pickle(_dumps({"t": tensor(blob, size, stride)}))
+
+
+def test_many_views_of_one_storage_are_capped() -> None:
+    blob = legacy_storage(1 << 16, b"\0" * (1 << 18))  # 256 kB of data, viewed 40 times: 10 MB
+    storage = _Reduce(torch.storage._load_from_bytes, (blob,))
+    views = [_Reduce(torch._utils._rebuild_tensor_v2, (storage, 0, (1 << 16,), (1,), False, collections.OrderedDict()))
+             for _ in range(40)]
+    with pytest.raises(NetworkFormatError, match="more than the file holds"):
+        read_official_pickle(_dumps({"views": views}))
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"channel_max": 2**15}, r"channel_max must be an integer from 1 to 2048, got 32768"),
+        ({"num_layers": 65}, r"num_layers must be an integer from 1 to 64, got 65"),
+        ({"img_resolution": 24}, r"img_resolution must be a power-of-two integer"),
+        ({"z_dim": True}, r"z_dim must be an integer"),
+        ({"fused_modconv": True}, r"does not use: fused_modconv"),
+    ],
+    ids=["channel_max", "num_layers", "resolution", "bool-for-int", "unknown"],
+)
+def test_pickle_kwargs_are_bounded_before_building(tmp_path: Path, change: dict, match: str) -> None:
+    with pytest.raises(NetworkFormatError, match=match):
+        sg3archive.load_network(_write(tmp_path, generator_pickle({**TINY_G, **change})))
+
+
+def test_pickle_config_larger_than_its_weights_is_refused_before_building(tmp_path: Path) -> None:
+    with pytest.raises(NetworkFormatError, match="settings describe .* weights but the file holds only 0"):
+        sg3archive.load_network(_write(tmp_path, generator_pickle({**TINY_G, "channel_base": 32768, "channel_max": 512})))
+
+
+def test_weights_outside_the_directory_are_refused(tmp_path: Path) -> None:
+    tiny_network_dir(tmp_path / "real")
+    root = edit_index(tiny_network_dir(tmp_path / "net"), lambda i: i["networks"]["G_ema"].update(weights="../real/G_ema.safetensors"))
+    with pytest.raises(NetworkFormatError, match="not a plain file name"):
+        sg3archive.load_network(root)
+
+
+def test_symlinked_weights_are_refused(tmp_path: Path) -> None:
+    tiny_network_dir(tmp_path / "real")
+    root = tiny_network_dir(tmp_path / "net")
+    (root / "G_ema.safetensors").unlink()
+    (root / "G_ema.safetensors").symlink_to(tmp_path / "real" / "G_ema.safetensors")
+    with pytest.raises(NetworkFormatError, match="is a symlink"):
+        sg3archive.load_network(root)
+
+
+def test_oversize_weights_are_refused_before_reading(tmp_path: Path) -> None:
+    root = tiny_network_dir(tmp_path / "net")
+    with open(root / "G_ema.safetensors", "ab") as f:
+        f.write(b"\0" * (20 << 20))
+    with pytest.raises(NetworkFormatError, match=r"G_ema.safetensors is 20\.\d MB, more than the 16\.\d MB"):
+        sg3archive.load_network(root)
+
+
+def test_nan_weights_are_refused(tmp_path: Path) -> None:
+    root = tiny_network_dir(tmp_path / "net", nan=True)
+    expected = r"network file .*G_ema.safetensors: tensor mapping.fc0.weight contains NaN/Inf; the file is damaged — re-export it"
+    with pytest.raises(NetworkFormatError, match=expected):
+        sg3archive.load_network(root)
+    with pytest.raises(NetworkFormatError, match="contains NaN/Inf"):
+        sg3archive.load_network(root / "G_ema.safetensors")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda i: i["networks"]["G_ema"]["init_kwargs"].update(img_resolution="256"),
+         r"network.json \[G_ema\]: init_kwargs.img_resolution must be a power-of-two integer from 4 to 2048, got the string '256'"),
+        (lambda i: i["networks"]["G_ema"]["init_kwargs"].update(c_dim=None), r"init_kwargs.c_dim must be an integer"),
+        (lambda i: i["networks"]["G_ema"].update(init_kwargs=[1, 2]), r"'init_kwargs' must be a JSON object, but it is a list"),
+        (lambda i: i["networks"]["G_ema"]["init_kwargs"].update(mapping_kwargs=[2]), r"init_kwargs.mapping_kwargs must be an object"),
+        (lambda i: i.update(networks=[["G_ema"]]), r"'networks' must be a JSON object"),
+        (lambda i: i["networks"].update(G_ema="G_ema.safetensors"), r"is not an sg3archive network description"),
+        (lambda i: i["networks"]["G_ema"].update(fingerprint=None), r"'fingerprint' must be a string, but it is missing"),
+        (lambda i: i.update(format_version="1"), r"network format version '1'"),
+    ],
+    ids=["string-resolution", "null-c_dim", "list-kwargs", "list-mapping", "list-networks", "string-entry",
+         "null-fingerprint", "string-version"],
+)
+def test_wrongly_typed_json_is_one_line(tmp_path: Path, edit, match: str) -> None:
+    root = edit_index(tiny_network_dir(tmp_path / "net"), edit)
+    with pytest.raises(NetworkFormatError, match=match) as info:
+        sg3archive.load_network(root)
+    assert "\n" not in str(info.value)
+
+
+def test_encoder_files_are_bounded(tmp_path: Path) -> None:
+    root = tiny_encoder_dir(tmp_path / "nan", nan=True)
+    with pytest.raises(NetworkFormatError, match="encoder file .*encoder.safetensors: tensor .* contains NaN/Inf"):
+        load_encoder(str(root))
+    root = tiny_encoder_dir(tmp_path / "typed")
+    doc = json.loads((root / "encoder.json").read_text())
+    doc["init_kwargs"]["img_resolution"] = "16"
+    (root / "encoder.json").write_text(json.dumps(doc))
+    with pytest.raises(NetworkFormatError, match="init_kwargs.img_resolution must be a power-of-two integer .* got the string '16'"):
+        load_encoder(str(root))
+    root = tiny_encoder_dir(tmp_path / "link")
+    (root / "encoder.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (root / "encoder.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
+    with pytest.raises(NetworkFormatError, match="is a symlink"):
+        load_encoder(str(root))
+
+
+# ---- the bounds admit every official configuration, and the counts are exact ----
+
+@pytest.mark.parametrize("resolution", [16, 64, 256, 512, 1024])
+@pytest.mark.parametrize("config", sorted(CONFIGS))
+@pytest.mark.parametrize("doubled", [False, True], ids=["published", "cbase-doubled"])
+def test_every_official_configuration_is_admitted(config: str, resolution: int, doubled: bool) -> None:
+    kwargs = dict(z_dim=512, w_dim=512, c_dim=1000, img_resolution=resolution, img_channels=3,
+                  mapping_kwargs={"num_layers": 2}, magnitude_ema_beta=0.999, num_fp16_res=4, conv_clamp=256,
+                  **CONFIGS[config])
+    if doubled:
+        kwargs.update(channel_base=2 * kwargs["channel_base"], channel_max=2 * kwargs["channel_max"])
+    assert check_network_kwargs("Generator", kwargs, "x") > 0
+    d_kwargs = dict(c_dim=1000, img_resolution=resolution, img_channels=3, architecture="resnet", channel_base=32768,
+                    channel_max=512, num_fp16_res=4, conv_clamp=256, cmap_dim=None, block_kwargs={"freeze_layers": 0},
+                    mapping_kwargs={}, epilogue_kwargs={"mbstd_group_size": 4})
+    assert check_network_kwargs("Discriminator", d_kwargs, "x") > 0
+
+
+@pytest.mark.parametrize("folder", ["t64", "r64"])
+def test_parameter_counts_match_built_networks(sg3_reference_dir: Path, folder: str) -> None:
+    from sg3archive.networks import Discriminator
+
+    g_kwargs = json.loads((sg3_reference_dir / folder / "G_init_kwargs.json").read_text())
+    d_kwargs = json.loads((sg3_reference_dir / folder / "D_init_kwargs.json").read_text())
+    for cls, count, kwargs in [(Generator, generator_parameter_count, g_kwargs),
+                               (Discriminator, discriminator_parameter_count, d_kwargs)]:
+        assert count(kwargs) == sum(v.numel() for v in cls(**kwargs).state_dict().values())
+    conditional = dict(TINY_G, c_dim=5, num_layers=6, num_critical=1, use_radial_filters=True, conv_kernel=1)
+    assert generator_parameter_count(conditional) == sum(v.numel() for v in Generator(**conditional).state_dict().values())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
