@@ -47,7 +47,9 @@ MAPPING_CALIBRATION = 512  # mapping-network W+ samples added to the codec's cal
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One unit of work: the URIs listed in ``path`` (a text file in the archive)."""
+    """One unit of work: the URIs listed in ``path`` (a JSON-lines file in the archive: one JSON
+    string per line, ASCII-only, so any name a file system allows round-trips; see
+    :func:`plan_text`)."""
 
     index: int
     path: str
@@ -146,9 +148,14 @@ def _read_source(uri: str, job: CompressJob) -> tuple[bytes, dict]:
 
 
 def _square(data: bytes, info: dict, job: CompressJob, resolution: int) -> tuple[torch.Tensor, dict]:
-    """Decode and fit one source to the generator's square; ImageRejected says why not."""
-    img = decode_image(data, max_pixels=job.max_pixels, uri=info["source_uri"])
-    square, fit = fit_to_square(img.rgb, resolution, job.fit)
+    """Decode and fit one source to the generator's square; ImageRejected says why not (running
+    out of memory included: one image never stops the run)."""
+    try:
+        img = decode_image(data, max_pixels=job.max_pixels, uri=info["source_uri"])
+        square, fit = fit_to_square(img.rgb, resolution, job.fit, max_pixels=job.max_pixels)
+    except MemoryError:
+        raise ImageRejected("out of memory decoding or fitting the image; lower --max-pixels or free memory",
+                            info["source_uri"]) from None
     return to_tensor(square), dict(info, width=img.width, height=img.height, mode=img.mode, format=img.format,
                                    fit=fit.to_json())
 
@@ -166,7 +173,7 @@ def _calibration_ws(job: CompressJob, models: Models) -> torch.Tensor:
         for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
             try:
                 images.append(_load_square(uri, job, models.resolution)[0])
-            except (ImageRejected, OSError, ValueError):
+            except (ImageRejected, OSError, ValueError, MemoryError):
                 continue
             if len(images) >= job.calibration_images:
                 break
@@ -229,6 +236,34 @@ def prepare(job: CompressJob) -> dict:
     return settings
 
 
+PLAN_SUFFIX = ".jsonl"
+
+
+def plan_text(uris: list[str]) -> str:
+    """A plan file's text: one JSON string per line, ASCII-only (``\\n``, ``\\u2028``, lone
+    surrogates of names that are not UTF-8 all escaped), so every line break is a separator."""
+    return "".join(json.dumps(uri, ensure_ascii=True) + "\n" for uri in uris)
+
+
+def parse_plan(text: str, legacy: bool = False) -> list[str]:
+    """The URIs of a plan file's text (:func:`plan_text`); ``legacy``: the one-URI-per-line
+    ``.txt`` plans of earlier versions."""
+    if legacy:
+        return [line for line in text.splitlines() if line]
+    uris = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line:
+            continue
+        try:
+            uri = json.loads(line)
+        except ValueError:
+            uri = None
+        if not isinstance(uri, str):
+            raise Sg3ArchiveError(f"plan line {number} is not a JSON string; delete the _plans folder and re-run")
+        uris.append(uri)
+    return uris
+
+
 def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPlan]:
     """Stream the source listing into plan files of ``shard_size`` URIs under ``_plans/<run>/``;
     yields one small record per shard (the listing itself is never held in memory)."""
@@ -240,9 +275,9 @@ def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPl
     index = 0
 
     def flush() -> ShardPlan:
-        path = posixpath.join(folder, f"{index:07d}.txt")
-        with fs.open(path, "w") as f:
-            f.write("\n".join(batch) + "\n")
+        path = posixpath.join(folder, f"{index:07d}{PLAN_SUFFIX}")
+        with fs.open(path, "w", encoding="ascii") as f:
+            f.write(plan_text(batch))
         return ShardPlan(index, fs.unstrip_protocol(path), len(batch))
 
     for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
@@ -256,8 +291,19 @@ def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPl
 
 
 def _read_plan(plan: ShardPlan, job: CompressJob) -> list[str]:
-    with fsspec.open(plan.path, "r", **job.storage_options) as f:
-        return [line for line in f.read().splitlines() if line]
+    with fsspec.open(plan.path, "r", encoding="utf-8", **job.storage_options) as f:
+        return parse_plan(f.read(), legacy=not plan.path.endswith(PLAN_SUFFIX))
+
+
+def committed_exact_keys(store: ArchiveStore) -> dict[str, set[tuple[str, str | None, str]]]:
+    """``(exact source_uri, source_sha256, settings_key)`` of the committed rows, by table kind:
+    :meth:`ArchiveStore.committed_keys_by_kind` with names that are not UTF-8 compared exactly
+    (their stored ``source_uri`` is a readable form another name could share)."""
+    keys: dict[str, set[tuple[str, str | None, str]]] = {kind: set() for kind in fmt.KINDS}
+    for kind in fmt.KINDS:
+        if store.shards(kind):
+            keys[kind] = fmt.exact_keys(store.read_table(kind, columns=list(fmt.EXACT_KEY_COLUMNS)))
+    return keys
 
 
 def recon_thumbnail(img: torch.Tensor) -> np.ndarray:
@@ -286,18 +332,19 @@ def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None
     store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
     codec = load_codec(store.codec_url, job.storage_options)
     key = settings_key(store.settings)
-    done_by_kind = store.committed_keys_by_kind()
+    done_by_kind = committed_exact_keys(store)
     done = set().union(*done_by_kind.values())
     result = ShardResult(plan.index)
     rows: list[dict] = []
-    failures: list[dict] = []
+    failures: list[tuple[str, dict]] = []  # (exact source URI, row)
     pending: list[tuple[torch.Tensor, dict]] = []
     now = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
 
     def fail(info: dict, stage: str, reason: str) -> None:
-        failures.append({"source_uri": info["source_uri"], "source_size": info.get("source_size"),
-                         "source_sha256": info.get("source_sha256"), "stage": stage, "reason": reason,
-                         "settings_key": key, "failed_at": now()})
+        failures.append((info["source_uri"], {
+            **fmt.source_columns(None, info["source_uri"]), "source_size": info.get("source_size"),
+            "source_sha256": info.get("source_sha256"), "stage": stage, "reason": fmt.readable_text(reason),
+            "settings_key": key, "failed_at": now()}))
 
     def encode_pending() -> None:
         if not pending:
@@ -320,7 +367,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None
                 fail(info, "encode", f"{type(exc).__name__}: {exc}")
             return
         for i, info in enumerate(infos):
-            rows.append(dict(info, **fmt.source_fields(job.source, info["source_uri"], job.source_storage_options),
+            rows.append(dict(info, **fmt.source_columns(job.source, info["source_uri"], job.source_storage_options),
                              id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
                              bits=[float(b) for b in codec.bits], profile=codec.model.profile, transform=None,
                              psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=recon_thumbnail(recon[i].cpu()).tobytes(),
@@ -336,7 +383,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None
         except ImageRejected as exc:
             fail({"source_uri": uri}, "read", exc.reason)
             continue
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, MemoryError) as exc:
             fail({"source_uri": uri}, "read", f"{type(exc).__name__}: {exc}")
             continue
         if (uri, info["source_sha256"], key) in done:
@@ -357,7 +404,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None
     encode_pending()
 
     # A source that failed before and fails again is not recorded twice.
-    failures = [f for f in failures if (f["source_uri"], f["source_sha256"], key) not in done]
+    failures = [f for uri, f in failures if (uri, f["source_sha256"], key) not in done]
     records = []
     meta = dict(store.settings)
     if rows:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -20,7 +22,8 @@ import pyarrow as pa
 from sg3archive.errors import Sg3ArchiveError
 
 FORMAT_NAME = "sg3archive"
-FORMAT_VERSION = 2  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
+FORMAT_VERSION = 3  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
+# 3: images and failures gained source_uri_bytes (nullable; null in older shards and for UTF-8 names)
 # The key of the one JSON document in each shard's Parquet key-value metadata (as Hugging Face
 # datasets use b"huggingface").
 METADATA_KEY = b"sg3archive"
@@ -34,8 +37,11 @@ ID_HEX_CHARS = 32
 
 # Columns read to decide what a re-run may skip, in the order of committed_keys()'s tuples.
 KEY_COLUMNS = ("source_uri", "source_sha256", "settings_key")
+# The same with the exact name of rows whose name is not UTF-8 (exact_keys() reads them).
+EXACT_KEY_COLUMNS = ("source_uri", "source_uri_bytes", "source_sha256", "settings_key")
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
+_ADDED_NULLABLE = ("source_uri_bytes",)  # columns a table may lack (then all null) when written
 
 
 class ArchiveFormatError(Sg3ArchiveError):
@@ -63,15 +69,112 @@ class CommitConflictError(Sg3ArchiveError):
 
 
 def image_id(source_uri: str, source_sha256: str) -> str:
-    """The stable id of an image: the same bytes at the same URI always get the same id."""
-    digest = hashlib.sha256(f"{source_uri}\n{source_sha256}".encode("utf-8")).hexdigest()
+    """The stable id of an image: the same bytes at the same URI always get the same id.
+
+    ``source_uri`` is the exact URI (:func:`exact_uri`); a name that is not UTF-8 hashes its
+    exact bytes (:func:`exact_bytes`), so UTF-8 URIs get the same ids as in every earlier version.
+    """
+    digest = hashlib.sha256(exact_bytes(f"{source_uri}\n{source_sha256}")).hexdigest()
     return digest[:ID_HEX_CHARS]
+
+
+# -- names that are not UTF-8 ---------------------------------------------------------------------
+# Listing gives every name as a Python str; bytes that are not UTF-8 arrive as lone surrogates
+# U+DC80..U+DCFF (surrogateescape). Parquet strings must be UTF-8, so such a row stores a readable,
+# reversible form of its strings and the exact URI's bytes in source_uri_bytes (docs/FORMAT.md).
+_ESCAPED_BYTE = re.compile(r"%([0-9A-F]{2})")
+
+
+def is_utf8_text(text: str) -> bool:
+    """Whether ``text`` is valid UTF-8 text (no lone surrogates): storable as it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def exact_bytes(text: str) -> bytes:
+    """The exact bytes of a name or URI: UTF-8, with surrogate-escaped bytes as the raw bytes they
+    stand for (``os.fsencode``'s rule on POSIX). Equal to ``text.encode("utf-8")`` for UTF-8 text."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no file system name yields; kept, not lost
+        return text.encode("utf-8", "surrogatepass")
+
+
+def readable_text(text: str) -> str:
+    """``text`` where it is UTF-8, else its :func:`stored_text` form: for messages (failure reasons)."""
+    return text if is_utf8_text(text) else stored_text(text)
+
+
+def stored_text(text: str) -> str:
+    """The form a name, root or URI is stored in a row's string column when the row's URI is not
+    UTF-8 (:func:`source_columns`): each byte that is not UTF-8 as ``%XX`` (uppercase hex) and each
+    ``%`` as ``%25`` — also in the parts that are UTF-8, so the form is readable, valid UTF-8 and
+    exactly reversible (:func:`unstored_text`)."""
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "%":
+            out.append("%25")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"%{code - 0xDC00:02X}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append("".join(f"%{b:02X}" for b in ch.encode("utf-8", "surrogatepass")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def unstored_text(stored: str) -> str:
+    """Undo :func:`stored_text` for a row whose ``source_uri_bytes`` is set: the exact name as a
+    ``surrogateescape`` str (``os.fsencode`` gives its bytes)."""
+    parts = _ESCAPED_BYTE.split(stored)
+    raw = bytearray()
+    for i, part in enumerate(parts):
+        raw += bytes([int(part, 16)]) if i % 2 else part.encode("utf-8")
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def exact_uri(row: Mapping[str, Any]) -> str:
+    """A row's exact source URI (images or failures): ``source_uri_bytes`` decoded with
+    ``surrogateescape`` where set, else ``source_uri`` (rows of every earlier version)."""
+    raw = row.get("source_uri_bytes")
+    return bytes(raw).decode("utf-8", "surrogateescape") if raw is not None else row["source_uri"]
+
+
+def exact_name(row: Mapping[str, Any]) -> str:
+    """The exact name an image row is restored and selected by, as a ``surrogateescape`` str.
+
+    :func:`row_name` for every row whose name is UTF-8 (``source_uri_bytes`` null or absent:
+    every row of format versions 1 and 2); for a row whose name is not UTF-8, its ``source_name``
+    with :func:`unstored_text` undone (or the exact URI's path when it has none). ``row`` needs
+    ``source_uri``, and ``source_name`` and ``source_uri_bytes`` where the table has them.
+    ``os.fsencode(exact_name(row))`` is the original name's bytes.
+    """
+    name = row.get("source_name")
+    if row.get("source_uri_bytes") is None:
+        return row_name(name, row["source_uri"])
+    return unstored_text(name) if name else uri_path(exact_uri(row))
+
+
+def exact_keys(table: pa.Table) -> set[tuple[str, str | None, str]]:
+    """``(exact source_uri, source_sha256, settings_key)`` of every row of a table holding
+    :data:`EXACT_KEY_COLUMNS` (``source_uri_bytes`` may be absent: older readers' tables)."""
+    columns = {name: table.column(name).to_pylist() for name in EXACT_KEY_COLUMNS if name in table.column_names}
+    raws = columns.get("source_uri_bytes") or [None] * table.num_rows
+    uris = [exact_uri({"source_uri": uri, "source_uri_bytes": raw}) for uri, raw in zip(columns["source_uri"], raws)]
+    return set(zip(uris, columns["source_sha256"], columns["settings_key"]))
 
 
 def source_root(src: str, storage_options: dict | None = None) -> str:
     """A compress job's SRC as a full URL without a trailing slash, the form listing gives
-    sources in (``examples/images`` → ``file:///…/examples/images``)."""
-    fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
+    sources in (``examples/images`` → ``file:///…/examples/images``). A local SRC is never parsed
+    as an fsspec URL (``a::b`` is a folder name)."""
+    from sg3archive.store.inputs import filesystem_for
+
+    fs, path = filesystem_for(src, storage_options)
     return fs.unstrip_protocol(path.rstrip("/") or path)
 
 
@@ -106,9 +209,27 @@ def relative_source_name(root: str, source_uri: str) -> str:
 
 
 def source_fields(src: str, source_uri: str, storage_options: dict | None = None) -> dict[str, str]:
-    """``source_root`` and ``source_name`` of an image row, from the compress job's SRC."""
+    """``source_root`` and ``source_name`` of an image row, from the compress job's SRC (exact
+    strings; :func:`source_columns` gives what a row stores)."""
     root = source_root(src, storage_options)
     return {"source_root": root, "source_name": relative_source_name(root, source_uri)}
+
+
+def source_columns(src: str | None, source_uri: str, storage_options: dict | None = None) -> dict[str, Any]:
+    """The name columns of a row for the exact ``source_uri``: ``source_uri`` and
+    ``source_uri_bytes``, plus ``source_root`` and ``source_name`` when ``src`` (the compress
+    job's SRC) is given (image rows; failure rows have no such columns).
+
+    Strings that are all UTF-8 are stored as they are and ``source_uri_bytes`` is None: exactly
+    the rows of earlier versions. Otherwise every one of them is stored as :func:`stored_text` and
+    ``source_uri_bytes`` holds the exact URI's bytes.
+    """
+    texts = {"source_uri": source_uri}
+    if src is not None:
+        texts.update(source_fields(src, source_uri, storage_options))
+    if all(is_utf8_text(t) for t in texts.values()):
+        return {**texts, "source_uri_bytes": None}
+    return {**{k: stored_text(t) for k, t in texts.items()}, "source_uri_bytes": exact_bytes(source_uri)}
 
 
 def row_name(source_name: str | None, source_uri: str) -> str:
@@ -146,6 +267,8 @@ def images_schema() -> pa.Schema:
         # format version 2; null in rows of version 1
         pa.field("source_name", pa.string(), nullable=True),
         pa.field("source_root", pa.string(), nullable=True),
+        # format version 3; null in older rows and wherever the name is UTF-8
+        pa.field("source_uri_bytes", pa.binary(), nullable=True),
     ])
 
 
@@ -159,6 +282,8 @@ def failures_schema() -> pa.Schema:
         pa.field("reason", pa.string(), nullable=False),
         pa.field("settings_key", pa.string(), nullable=False),
         pa.field("failed_at", _UTC_MICROS, nullable=False),
+        # format version 3; null in older rows and wherever the name is UTF-8
+        pa.field("source_uri_bytes", pa.binary(), nullable=True),
     ])
 
 
@@ -222,10 +347,14 @@ def conform_table(table: pa.Table, kind: str) -> pa.Table:
     """``table`` with the canonical schema of ``kind`` (column order, types, nullability), or an error.
 
     Columns may come in any order and nullable where the schema says required, as long as they hold
-    no nulls; types must match exactly. Rows are checked for what a type cannot say: image ids,
+    no nulls; types must match exactly. ``source_uri_bytes`` (version 3) may be left out: it is
+    then null (every name UTF-8). Rows are checked for what a type cannot say: image ids,
     3x3 transforms, 8x8x3 thumbnails, failure stages.
     """
     schema = schema_for(kind)
+    for name in _ADDED_NULLABLE:  # a writer of an older version's columns: the new one is all null
+        if name not in table.column_names and name in schema.names:
+            table = table.append_column(schema.field(name), pa.nulls(table.num_rows, schema.field(name).type))
     names = set(table.column_names)
     expected = set(schema.names)
     missing, extra = sorted(expected - names), sorted(names - expected)
@@ -265,8 +394,10 @@ def _check_rows(table: pa.Table, kind: str) -> None:
         raise ShardSchemaError(f"recon_thumb must be {THUMB_BYTES} bytes (8x8x3 uint8)")
     ids = table.column("id").to_pylist()
     uris = table.column("source_uri").to_pylist()
+    raws = table.column("source_uri_bytes").to_pylist()
     shas = table.column("source_sha256").to_pylist()
-    for row, (id_, uri, sha) in enumerate(zip(ids, uris, shas)):
-        if id_ != image_id(uri, sha):
+    for row, (id_, uri, raw, sha) in enumerate(zip(ids, uris, raws, shas)):
+        exact = exact_uri({"source_uri": uri, "source_uri_bytes": raw})
+        if id_ != image_id(exact, sha):
             raise ShardSchemaError(
-                f"row {row}: id {id_!r} is not image_id(source_uri, source_sha256) = {image_id(uri, sha)!r}")
+                f"row {row}: id {id_!r} is not image_id(exact source_uri, source_sha256) = {image_id(exact, sha)!r}")

@@ -41,7 +41,8 @@ Decoding rules (:func:`decode_image`), in the order they apply:
   - Grayscale results of the last two rules are replicated to three channels (a transparency
     key on such high-depth data is ignored).
 
-  Embedded ICC profiles are not applied (pixel values are taken as stored; noted).
+  Embedded ICC profiles are not applied (pixel values are taken as stored; noted). Conversions
+  run over row strips, so a high-depth image costs its own pixels plus the uint8 result.
 * Anything unreadable — empty, not an image, a format not accepted, truncated, corrupt, an
   unsupported mode or codec — raises :class:`ImageRejected` with a one-line reason.
 
@@ -49,9 +50,20 @@ Fitting (:func:`fit_to_square`) maps an image to ``[R, R, 3]`` through a box in 
 coordinates: ``crop`` takes the centred square of side ``min(w, h)``; ``pad`` takes the centred
 square of side ``max(w, h)`` (offsets may be negative), filling outside the image by **edge
 replication** (no hard border for Lanczos to ring on); ``stretch`` takes the whole image and
-does not keep the aspect. Resizing is Pillow's Lanczos. :func:`unfit` maps back: the square is
-resized to the box and placed on a canvas of the original size; what lies outside the box (the
-parts a crop cut off) is unknown and filled by edge replication of the restored region.
+does not keep the aspect. Resizing is Pillow's Lanczos. No intermediate exceeds the job's pixel
+limit: when pad's square of side ``max(w, h)`` would (a 1×100000 strip), the image is resized
+into the generator's square first and edge-replicated there (a version-2 fit record, whose box
+is the whole image). :func:`unfit` maps back: the square is resized to the box and placed on a
+canvas of the original size; what lies outside the box (the parts a crop cut off) is unknown and
+filled by edge replication of the restored region. Fit records are read strictly
+(:meth:`FitInfo.from_json`, :class:`FitRecordError`): a damaged or forged record can never make
+restore or audit allocate more than the pixel limit.
+
+Sources (:func:`iter_sources`, :func:`read_bytes`): local paths are read through the local
+filesystem directly, never parsed as fsspec URLs (``a::b.png`` stays one name); any name the file
+system allows is listed, including names that are not UTF-8 (as ``surrogateescape`` strings);
+only regular files are read, so a FIFO, socket or device named ``*.png`` is refused with a reason,
+never opened for blocking reads.
 
 Restored modes (:func:`restored_mode`, :func:`to_restored_image`): the generator makes RGB; a
 restored image is written in the source's mode where the output format holds it, else the
@@ -70,15 +82,18 @@ import dataclasses
 import hashlib
 import io
 import json
+import os
 import posixpath
 import re
+import stat
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from sg3archive.errors import Sg3ArchiveError
@@ -91,7 +106,9 @@ URI_LIST_SUFFIXES = (".txt", ".lst")
 # Pillow format names decode_image lets Pillow try (JPEG also yields MPO, BMP also DIB).
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "DIB", "TIFF", "GIF", "AVIF")
 FIT_MODES = ("crop", "pad", "stretch")
-FIT_INFO_VERSION = 1
+FIT_INFO_VERSION = 1  # crop, stretch, and pad whose padded square fits in max_pixels
+PAD_FIT_INFO_VERSION = 2  # pad at the generator's resolution: box = the whole image
+FIT_INFO_VERSIONS = (FIT_INFO_VERSION, PAD_FIT_INFO_VERSION)
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_MAX_BYTES = 512 * 1024**2
 
@@ -115,6 +132,69 @@ class ImageRejected(Sg3ArchiveError):
         self.reason = reason
         self.uri = uri
         super().__init__(f"{uri}: {reason}" if uri else reason)
+
+
+class FitRecordError(Sg3ArchiveError, ValueError):
+    """A row's ``fit`` record is not a valid, bounded :class:`FitInfo` (damaged or forged).
+
+    Also a ``ValueError``, so callers that caught the looser errors of earlier versions still do.
+    """
+
+
+# -- where a source lives ---------------------------------------------------------------------
+# "proto://…" or fsspec's chaining "proto::…" at the start of a string.
+_URL_START = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)(://|::)")
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def local_path(url: str) -> str | None:
+    """The absolute local path ``url`` names, or None when it is a remote (or chained) URL.
+
+    Local paths never go through fsspec's URL parsing, whose ``::`` chaining would cut
+    ``a::b.png`` in two: a string is local when it has no ``proto://`` or ``proto::`` prefix, when
+    it is a ``file://``/``local://`` URL (everything after the scheme is the path, whatever
+    characters follow), or when its ``proto::`` prefix names no fsspec protocol (``a::b.png``)
+    or the whole string names an existing local file.
+    """
+    match = _URL_START.match(url)
+    local_fs = LocalFileSystem
+    if match is None:
+        return local_fs._strip_protocol(url)
+    protocol, separator = match.group(1).lower(), match.group(2)
+    if separator == "://":
+        if protocol in _LOCAL_PROTOCOLS:
+            return local_fs._strip_protocol("/" + url[match.end():].lstrip("/"))
+        return None
+    if protocol not in fsspec.available_protocols() or os.path.lexists(url):
+        return local_fs._strip_protocol(url)
+    return None
+
+
+def filesystem_for(url: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``(fs, path)`` for a source URL: local paths (:func:`local_path`) on the local filesystem
+    object directly, anything else through ``fsspec.core.url_to_fs``."""
+    path = local_path(url)
+    if path is not None:
+        return fsspec.filesystem("file", **(storage_options or {})), path
+    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "directory"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+)
+
+
+def file_kind(mode: int) -> str:
+    """What a ``st_mode`` names: ``"regular file"``, ``"FIFO"``, ``"socket"``, ``"directory"``, …"""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    return next((name for test, name in _FILE_KINDS if test(mode)), "special file")
+
+
+def _require_regular(mode: int, url: str) -> None:
+    if not stat.S_ISREG(mode):
+        raise ImageRejected(f"not a regular file ({file_kind(mode)}); only regular files are read", url)
 
 
 # -- listing ----------------------------------------------------------------------------------
@@ -146,13 +226,27 @@ def iter_sources(
     the list's own filesystem, relative ones resolved against the list's folder. Entries are not
     checked for existence here (reading them is).
 
+    Names are yielded as Python strings whatever bytes the file system holds: a local name that
+    is not UTF-8 carries its undecodable bytes as lone surrogates (``os.fsdecode``'s
+    ``surrogateescape``); ``format.exact_name`` and ``os.fsencode`` give the bytes back. Local
+    entries that are not regular files (a FIFO, socket or device, even named ``*.png``) are
+    yielded too, so that reading them records why they were not archived; a URI list must itself
+    be a regular file (it is read more than once).
+
     Raises:
-        FileNotFoundError: ``src`` is no file, folder or non-empty prefix.
+        FileNotFoundError: ``src`` is no file, folder or non-empty prefix, or a URI list that is
+            not a regular file.
     """
-    fs, path = fsspec.core.url_to_fs(src, **(storage_options or {}))
+    fs, path = filesystem_for(src, storage_options)
+    local = local_path(src) is not None
     fs.invalidate_cache(path)  # another process may have written since a listing was cached
     is_dir = fs.isdir(path)
     if uri_list or (src.lower().endswith(URI_LIST_SUFFIXES) and not is_dir):
+        if local and os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            raise FileNotFoundError(
+                f"URI list {src!r} is a {file_kind(os.stat(path).st_mode)}, not a regular file; "
+                "write the list to a file first"
+            )
         if not fs.isfile(path):
             raise FileNotFoundError(
                 f"URI list {src!r} not found; check the path (and storage_options for remote stores)"
@@ -160,7 +254,7 @@ def iter_sources(
         return _iter_uri_list(fs, path)
     if is_dir:
         return _iter_folder(fs, path, pattern, recursive)
-    if fs.isfile(path):
+    if fs.isfile(path) or (local and os.path.exists(path)):
         return iter([fs.unstrip_protocol(path)])
     raise FileNotFoundError(
         f"source {src!r} not found: it is no file, folder or non-empty prefix; check the path "
@@ -170,7 +264,8 @@ def iter_sources(
 
 def _iter_uri_list(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
     parent = posixpath.dirname(path)
-    with fs.open(path, "rt", encoding="utf-8-sig") as f:
+    # Undecodable bytes (a list written by ``find`` over non-UTF-8 names) stay as lone surrogates.
+    with fs.open(path, "rt", encoding="utf-8-sig", errors="surrogateescape") as f:
         for line in f:
             entry = line.strip()
             if not entry or entry.startswith("#"):
@@ -246,22 +341,56 @@ def read_bytes(url: str, storage_options: dict | None = None, max_bytes: int = D
     """All bytes of one file, refusing files over ``max_bytes`` (checked by size first, when the
     filesystem reports one, so an oversized file is never downloaded).
 
+    Only regular files are read. A local file is ``stat``-ed before it is opened and ``fstat``-ed
+    after (opened with ``O_NONBLOCK``, so even a FIFO swapped in between never blocks): a FIFO,
+    socket, device or directory is refused, never read. Symbolic links are followed, as listing
+    does; what counts is the kind of file they lead to. Local paths are opened directly, never
+    parsed as fsspec URLs (:func:`local_path`).
+
     Raises:
         FileNotFoundError: no such file.
-        ImageRejected: the file is larger than ``max_bytes``.
+        ImageRejected: the file is larger than ``max_bytes``, or not a regular file.
     """
+    path = local_path(url)
+    if path is not None:
+        return _read_local(path, url, max_bytes)
     fs, path = fsspec.core.url_to_fs(url, **(storage_options or {}))
     try:
-        size = fs.size(path)
+        info = fs.info(path)  # one request: kind and size
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{url}: file not found; check the URL (and storage_options for remote stores)"
         ) from None
     except (NotImplementedError, OSError, TypeError):
+        info = {}
+    kind, size = info.get("type"), info.get("size")
+    if kind not in (None, "file"):
+        raise ImageRejected(f"not a regular file ({kind}); only regular files are read", url)
+    if not isinstance(size, int):
         size = None
     if size is not None and size > max_bytes:
         raise ImageRejected(f"file is {_human_bytes(size)}, over the {_human_bytes(max_bytes)} limit (max_bytes)", url)
     with fs.open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageRejected(f"file is over the {_human_bytes(max_bytes)} limit (max_bytes)", url)
+    return data
+
+
+def _read_local(path: str, url: str, max_bytes: int) -> bytes:
+    """:func:`read_bytes` for a local path: stat, open without blocking, fstat, read."""
+    try:
+        _require_regular(os.stat(path).st_mode, url)
+        flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError):
+        raise FileNotFoundError(f"{url}: file not found; check the path") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        _require_regular(info.st_mode, url)
+        if info.st_size > max_bytes:
+            raise ImageRejected(
+                f"file is {_human_bytes(info.st_size)}, over the {_human_bytes(max_bytes)} limit (max_bytes)", url)
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageRejected(f"file is over the {_human_bytes(max_bytes)} limit (max_bytes)", url)
@@ -381,47 +510,84 @@ def _apply_orientation(img: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image, notes: list[str]) -> tuple[np.ndarray, bool]:
-    """``[H, W, 3]`` uint8 and whether alpha was composited (rules in the module docstring)."""
+    """``[H, W, 3]`` uint8 and whether alpha was composited (rules in the module docstring).
+
+    Every conversion but plain RGB runs over row strips of the image (:func:`_convert_in_strips`),
+    so its temporaries are a strip's, never a whole-image float or 32-bit copy: a float TIFF near
+    the pixel limit costs its own pixels plus the uint8 result, not several times that.
+    """
     mode = img.mode
     if "icc_profile" in img.info and img.info["icc_profile"]:
         notes.append("embedded ICC profile not applied")
     if mode.startswith("I;16") or mode in ("I", "F"):
-        gray = _high_depth_to_8bit(img, notes)
+        rgb = _high_depth_to_rgb(img, notes)
         notes.append("grayscale replicated to RGB")
-        return np.repeat(gray[:, :, None], 3, axis=2), False
+        return rgb, False
     has_key = img.info.get("transparency") is not None and mode in ("P", "L", "RGB", "1")
     if mode in _ALPHA_MODES or has_key:
-        rgba = np.asarray(img.convert("RGBA"))
         notes.append(("palette expanded; " if mode in ("P", "PA") else "") + "alpha composited over white")
-        return _composite_over_white(rgba), True
+        return _convert_in_strips(img, lambda strip: _composite_over_white(np.asarray(strip.convert("RGBA")))), True
     if mode == "RGB":
         return np.asarray(img), False
     if mode in ("L", "1"):
-        gray = np.asarray(img.convert("L"))
         notes.append(("bilevel as 0/255; " if mode == "1" else "") + "grayscale replicated to RGB")
-        return np.repeat(gray[:, :, None], 3, axis=2), False
+        return _convert_in_strips(img, lambda strip: np.asarray(strip.convert("L"))[:, :, None]), False
     if mode == "P":
         notes.append("palette expanded to RGB")
-        return np.asarray(img.convert("RGB")), False
-    if mode in _PILLOW_CONVERTED_MODES:
+    elif mode in _PILLOW_CONVERTED_MODES:
         notes.append(_PILLOW_CONVERTED_MODES[mode])
-        return np.asarray(img.convert("RGB")), False
-    raise ValueError(f"unsupported image mode {mode!r}")
+    else:
+        raise ValueError(f"unsupported image mode {mode!r}")
+    return _convert_in_strips(img, lambda strip: np.asarray(strip.convert("RGB"))), False
 
 
-def _high_depth_to_8bit(img: Image.Image, notes: list[str]) -> np.ndarray:
-    values = np.asarray(img)
+STRIP_PIXELS = 1 << 18  # pixels converted at a time by _convert_in_strips
+
+
+def _strips(img: Image.Image) -> Iterator[tuple[int, int, Image.Image]]:
+    """``(top, bottom, strip)`` over the image in bands of about :data:`STRIP_PIXELS` pixels."""
+    width, height = img.size
+    rows = max(1, STRIP_PIXELS // max(1, width))
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        yield top, bottom, img.crop((0, top, width, bottom))
+
+
+def _convert_in_strips(img: Image.Image, convert) -> np.ndarray:
+    """``[H, W, 3]`` uint8 filled strip by strip with ``convert(strip)``: a per-pixel conversion
+    returning ``[h, W, 3]`` or ``[h, W, 1]`` (a gray result is replicated to the three channels)."""
+    width, height = img.size
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    for top, bottom, strip in _strips(img):
+        out[top:bottom] = convert(strip)
+    return out
+
+
+def _high_depth_to_rgb(img: Image.Image, notes: list[str]) -> np.ndarray:
+    """16-bit, 32-bit integer or float gray → ``[H, W, 3]`` uint8 (rules in the module docstring)."""
     if img.mode.startswith("I;16"):
         notes.append("16-bit values scaled to 8-bit (v >> 8)")
-        return (values.astype(np.uint16) >> 8).astype(np.uint8)
+        return _convert_in_strips(img, lambda s: (np.asarray(s).astype(np.uint16) >> 8).astype(np.uint8)[:, :, None])
     if img.mode == "I":
         notes.append("32-bit integers clipped to [0, 65535], then >> 8")
-        return (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
-    values = np.where(np.isfinite(values), values, 0).astype(np.float64)
-    top = float(values.max(initial=0.0))
+        return _convert_in_strips(
+            img, lambda s: (np.clip(np.asarray(s), 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)[:, :, None])
+    # float: the range is read off the whole image first (one pass), then each strip is scaled
+    top = 0.0
+    for _, _, strip in _strips(img):
+        values = np.asarray(strip)
+        top = max(top, float(np.max(values, where=np.isfinite(values), initial=0.0)))
     hi = 1.0 if top <= 1.0 else 255.0 if top <= 255.0 else 65535.0
     notes.append(f"float values read as range [0, {hi:g}], scaled to 8-bit")
-    return np.rint(np.clip(values, 0.0, hi) * (255.0 / hi)).astype(np.uint8)
+
+    def scale(strip: Image.Image) -> np.ndarray:
+        values = np.asarray(strip).astype(np.float64)  # one float64 temporary per strip, worked in place
+        values[~np.isfinite(values)] = 0.0
+        np.clip(values, 0.0, hi, out=values)
+        values *= 255.0 / hi
+        return np.rint(values, out=values).astype(np.uint8)[:, :, None]
+
+    return _convert_in_strips(img, scale)
 
 
 def _composite_over_white(rgba: np.ndarray) -> np.ndarray:
@@ -439,9 +605,12 @@ class FitInfo:
     Attributes:
         width, height: the original's size in pixels (after EXIF orientation).
         mode: ``"crop"``, ``"pad"`` or ``"stretch"``.
-        box: ``(left, top, right, bottom)`` in the original's pixel coordinates, the region that
-            became the square; for ``pad`` it extends past the image (negative offsets).
+        box: ``(left, top, right, bottom)`` in the original's pixel coordinates. Version 1: the
+            region that became the square (for ``pad`` the centred square of side
+            ``max(width, height)``, extending past the image). Version 2 (``pad`` only): the
+            whole image, which fills the centred rectangle :func:`pad_placement` of the square.
         resolution: the square's side ``R``.
+        version: the record's format (:data:`FIT_INFO_VERSIONS`).
     """
 
     width: int
@@ -449,39 +618,128 @@ class FitInfo:
     mode: str
     box: tuple[int, int, int, int]
     resolution: int
+    version: int = FIT_INFO_VERSION
 
     def to_json(self) -> str:
         """One-line JSON with a format version, stored beside the image's codes."""
-        body = {"version": FIT_INFO_VERSION, **dataclasses.asdict(self)}
+        body = {"version": self.version, **dataclasses.asdict(self)}
         body["box"] = list(self.box)
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> FitInfo:
-        """Read :meth:`to_json`'s output back; rejects other versions and malformed records."""
+    def from_json(cls, text: str, max_pixels: int | None = None) -> FitInfo:
+        """Read :meth:`to_json`'s output back, strictly (:func:`check_fit_record` says what holds).
+
+        Args:
+            text: the record.
+            max_pixels: the most pixels an original (and a version-2 box) may have; default
+                :func:`fit_record_pixel_limit`, the largest image any compress run accepted.
+
+        Raises:
+            FitRecordError: with a one-line reason, for anything else.
+        """
         try:
-            body = json.loads(text)
-            version = body.pop("version")
-            if version != FIT_INFO_VERSION:
-                raise ValueError(f"fit info version {version!r}, this code reads version {FIT_INFO_VERSION}")
-            box = body.pop("box")
-            if len(box) != 4:
-                raise ValueError(f"box must have 4 numbers, got {box!r}")
-            info = cls(
-                width=int(body["width"]),
-                height=int(body["height"]),
-                mode=str(body["mode"]),
-                box=tuple(int(v) for v in box),
-                resolution=int(body["resolution"]),
-            )
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise ValueError(f"not a fit-info record ({exc}): {text[:200]!r}") from None
-        if info.mode not in FIT_MODES or min(info.width, info.height, info.resolution) <= 0:
-            raise ValueError(f"fit-info record out of range: {text[:200]!r}")
-        return info
+            if not isinstance(text, str):
+                raise FitRecordError(f"fit record must be JSON text, got {type(text).__name__}")
+            if len(text) > _FIT_RECORD_MAX_CHARS:
+                raise FitRecordError(f"fit record is {len(text)} characters long, over {_FIT_RECORD_MAX_CHARS}")
+            try:
+                body = json.loads(text)
+            except ValueError as exc:  # JSONDecodeError, and out-of-range numbers
+                raise FitRecordError(f"fit record is not JSON ({exc})") from None
+            return check_fit_record(body, fit_record_pixel_limit() if max_pixels is None else max_pixels)
+        except FitRecordError as exc:
+            shown = text[:80] if isinstance(text, str) else text
+            raise FitRecordError(f"not a fit-info record: {exc} ({shown!r})") from None
 
 
-def fit_to_square(rgb: np.ndarray, resolution: int, mode: str = "crop") -> tuple[np.ndarray, FitInfo]:
+_FIT_RECORD_MAX_CHARS = 1024
+MAX_FIT_RESOLUTION = 16384  # the largest generator square a fit record may name (StyleGAN3: 1024)
+_FIT_KEYS = frozenset({"version", "width", "height", "mode", "box", "resolution"})
+
+
+def fit_record_pixel_limit() -> int:
+    """The default bound on a fit record's image: the larger of :data:`DEFAULT_MAX_PIXELS` and
+    Pillow's decompression-bomb limit, above which no compress run ever decoded an image."""
+    return max(DEFAULT_MAX_PIXELS, int(Image.MAX_IMAGE_PIXELS or 0))
+
+
+def _record_int(body: Mapping, key: str, low: int = 1) -> int:
+    value = body[key]
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise FitRecordError(f"fit record field {key!r} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_fit_record(body: object, max_pixels: int) -> FitInfo:
+    """A parsed fit record as a :class:`FitInfo`, if it is exactly one this code writes.
+
+    Holds: a JSON object with exactly the keys version, width, height, mode, box, resolution;
+    integers (never floats or booleans), positive sizes; ``width × height`` at most
+    ``max_pixels``, ``resolution`` at most :data:`MAX_FIT_RESOLUTION`; ``mode`` one of :data:`FIT_MODES`; ``box`` four
+    integers. Version 1 crop/stretch: the box lies within the image and is not empty. Version 1
+    pad: the box is the centred square of side ``max(width, height)`` (implied by the size, so
+    nothing is free to grow; :func:`unfit` never allocates it). Version 2: pad only, the box is
+    the whole image.
+    """
+    if not isinstance(body, dict):
+        raise FitRecordError(f"fit record must be a JSON object, got {type(body).__name__}")
+    if set(body) != _FIT_KEYS:
+        raise FitRecordError(f"fit record keys must be {sorted(_FIT_KEYS)}, got {sorted(map(str, body))}")
+    version = body["version"]
+    if version not in FIT_INFO_VERSIONS or isinstance(version, bool):
+        raise FitRecordError(f"fit record version {version!r}; this code reads versions {list(FIT_INFO_VERSIONS)}")
+    width, height, resolution = (_record_int(body, k) for k in ("width", "height", "resolution"))
+    if width * height > max_pixels:
+        raise FitRecordError(f"fit record image {width}x{height} is over the {_human_pixels(max_pixels)} limit")
+    if resolution > MAX_FIT_RESOLUTION:
+        raise FitRecordError(f"fit record resolution {resolution} is over {MAX_FIT_RESOLUTION}")
+    mode = body["mode"]
+    if mode not in FIT_MODES:
+        raise FitRecordError(f"fit record mode {mode!r}; expected one of {', '.join(FIT_MODES)}")
+    box = body["box"]
+    if not isinstance(box, list) or len(box) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) for v in box):
+        raise FitRecordError(f"fit record box must be 4 integers, got {box!r}")
+    info = FitInfo(width=width, height=height, mode=mode, box=tuple(box), resolution=resolution, version=version)
+    _check_box(info)
+    return info
+
+
+def _check_box(info: FitInfo) -> None:
+    left, top, right, bottom = info.box
+    if info.version == PAD_FIT_INFO_VERSION:
+        if info.mode != "pad" or info.box != (0, 0, info.width, info.height):
+            raise FitRecordError(f"fit record version 2 must be pad with box [0, 0, width, height], got "
+                                 f"{info.mode} {list(info.box)}")
+    elif info.mode == "pad":
+        if info.box != legacy_pad_box(info.width, info.height):
+            raise FitRecordError(f"fit record pad box {list(info.box)} is not the centred square of the "
+                                 f"{info.width}x{info.height} image")
+    elif not (0 <= left < right <= info.width and 0 <= top < bottom <= info.height):
+        raise FitRecordError(f"fit record box {list(info.box)} is not within the {info.width}x{info.height} image")
+
+
+def legacy_pad_box(width: int, height: int) -> tuple[int, int, int, int]:
+    """The version-1 pad box: the centred square of side ``max(width, height)``."""
+    side = max(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def pad_placement(width: int, height: int, resolution: int) -> tuple[int, int, int, int]:
+    """Where a version-2 pad puts the image in the ``resolution`` square: ``(left, top, right,
+    bottom)``, the image scaled so its longer side is ``resolution`` (each side at least 1 pixel,
+    rounded), centred (offsets rounded down)."""
+    side = max(width, height)
+    w = min(resolution, max(1, round(width * resolution / side)))
+    h = min(resolution, max(1, round(height * resolution / side)))
+    left, top = (resolution - w) // 2, (resolution - h) // 2
+    return left, top, left + w, top + h
+
+
+def fit_to_square(
+    rgb: np.ndarray, resolution: int, mode: str = "crop", *, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> tuple[np.ndarray, FitInfo]:
     """Map an image to the generator's ``[R, R, 3]`` input (rules in the module docstring).
 
     Args:
@@ -489,6 +747,10 @@ def fit_to_square(rgb: np.ndarray, resolution: int, mode: str = "crop") -> tuple
         resolution: ``R``, the generator's ``img_resolution``.
         mode: ``"crop"`` (centred square of side min(W, H)), ``"pad"`` (centred square of side
             max(W, H), edge-replicated), or ``"stretch"`` (the whole image, aspect not kept).
+        max_pixels: the most pixels any intermediate may have. A pad whose square of side
+            max(W, H) would exceed it (a 1×100000 strip) is done at the generator's resolution
+            instead: the image is resized to fit ``R`` first, then edge-replicated to the square
+            (a version-2 record). Every record's box has at most ``max(W·H, max_pixels)`` pixels.
 
     Returns:
         ``img [R, R, 3]`` uint8 and the :class:`FitInfo` that :func:`unfit` needs.
@@ -501,19 +763,58 @@ def fit_to_square(rgb: np.ndarray, resolution: int, mode: str = "crop") -> tuple
     height, width = rgb.shape[:2]
     if mode == "stretch":
         box = (0, 0, width, height)
-    else:
-        side = min(width, height) if mode == "crop" else max(width, height)
-        left, top = (width - side) // 2, (height - side) // 2  # negative for pad
+    elif mode == "crop":
+        side = min(width, height)
+        left, top = (width - side) // 2, (height - side) // 2
         box = (left, top, left + side, top + side)
-    square = _resize(_take_box(rgb, box), resolution, resolution)
-    return square, FitInfo(width=width, height=height, mode=mode, box=box, resolution=resolution)
+    else:
+        box = legacy_pad_box(width, height)
+        if max(width, height) ** 2 > max_pixels:
+            info = FitInfo(width=width, height=height, mode=mode, box=(0, 0, width, height),
+                           resolution=resolution, version=PAD_FIT_INFO_VERSION)
+            return _pad_at_resolution(rgb, info), info
+    info = FitInfo(width=width, height=height, mode=mode, box=box, resolution=resolution)
+    return _resize(_take_box(rgb, box), resolution, resolution), info
+
+
+def _pad_at_resolution(rgb: np.ndarray, info: FitInfo) -> np.ndarray:
+    """Version-2 pad: resize into :func:`pad_placement`, then edge-replicate to the square."""
+    left, top, right, bottom = pad_placement(info.width, info.height, info.resolution)
+    small = _resize(rgb, right - left, bottom - top)
+    r = info.resolution
+    return np.pad(small, ((top, r - bottom), (left, r - right), (0, 0)), mode="edge")
+
+
+def refit(rgb: np.ndarray, info: FitInfo, max_pixels: int | None = None) -> np.ndarray:
+    """The square ``info``'s fit made from ``rgb`` (the original, decoded again): what the audit
+    re-encodes. Follows the record, not today's choice of method.
+
+    Raises:
+        FitRecordError: the image is not ``info``'s size, or a version-1 pad would need a square
+            over ``max_pixels`` (default :func:`fit_record_pixel_limit`).
+    """
+    _check_rgb(rgb, "rgb")
+    if rgb.shape[:2] != (info.height, info.width):
+        raise FitRecordError(f"image is {rgb.shape[1]}x{rgb.shape[0]}, its fit record says {info.width}x{info.height}")
+    if info.version == PAD_FIT_INFO_VERSION:
+        return _pad_at_resolution(rgb, info)
+    left, top, right, bottom = info.box
+    limit = fit_record_pixel_limit() if max_pixels is None else max_pixels
+    if (right - left) * (bottom - top) > max(limit, info.width * info.height):
+        raise FitRecordError(f"fit box {list(info.box)} is over the {_human_pixels(limit)} limit")
+    return _resize(_take_box(rgb, info.box), info.resolution, info.resolution)
 
 
 def unfit(square_rgb: np.ndarray, info: FitInfo) -> np.ndarray:
     """Map a square result back to the original's size: ``[S, S, 3]`` uint8 → ``[H, W, 3]`` uint8.
 
     The square (any side ``S``, normally ``info.resolution``) is resized to the box and placed at
-    it; the canvas outside the box is filled by edge replication of the placed region.
+    it; the canvas outside the box is filled by edge replication of the placed region. A
+    version-2 pad, and a version-1 pad box over :func:`fit_record_pixel_limit` (archives made
+    before version 2), resample only the part of the square the image occupies, straight to the
+    original's size (Pillow's ``resize(box=…)``; within a few levels of resizing the whole square
+    to the box and cutting the image out, which smaller boxes still do exactly): memory stays
+    bounded by the output's size and the pixel limit, never by the padded box.
     """
     _check_rgb(square_rgb, "square_rgb")
     if square_rgb.shape[0] != square_rgb.shape[1]:
@@ -522,10 +823,27 @@ def unfit(square_rgb: np.ndarray, info: FitInfo) -> np.ndarray:
     width, height = info.width, info.height
     if right <= max(left, 0) or bottom <= max(top, 0) or left >= width or top >= height:
         raise ValueError(f"fit box {info.box} does not overlap the {width}x{height} image")
+    side = square_rgb.shape[0]
+    if info.mode == "pad" and info.version == PAD_FIT_INFO_VERSION:
+        scale = side / info.resolution
+        x0, y0, x1, y1 = pad_placement(width, height, info.resolution)
+        return _resize_region(square_rgb, (x0 * scale, y0 * scale, x1 * scale, y1 * scale), width, height)
+    box_pixels = (right - left) * (bottom - top)
+    if box_pixels > max(fit_record_pixel_limit(), width * height) and left <= 0 and top <= 0 \
+            and right >= width and bottom >= height:  # a large version-1 pad box, never allocated
+        sx, sy = side / (right - left), side / (bottom - top)
+        region = (-left * sx, -top * sy, (width - left) * sx, (height - top) * sy)
+        return _resize_region(square_rgb, region, width, height)
     placed = _resize(square_rgb, right - left, bottom - top)
     inside = placed[max(0, -top) : min(bottom, height) - top, max(0, -left) : min(right, width) - left]
     pads = ((max(0, top), max(0, height - bottom)), (max(0, left), max(0, width - right)), (0, 0))
     return np.pad(inside, pads, mode="edge")
+
+
+def _resize_region(rgb: np.ndarray, region: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+    """The ``region`` (float pixel box) of ``rgb`` resampled (Lanczos) to ``width × height``."""
+    image = Image.fromarray(np.ascontiguousarray(rgb))
+    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS, box=region))
 
 
 _GRAY_MODES = frozenset({"L", "1", "I", "F"})
