@@ -30,11 +30,16 @@ def audit_task(job: dict[str, Any]) -> dict[str, Any]:
 @flow(name="audit", log_prints=True)
 def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | None = None, network: str | None = None,
                encoder: str | None = None, report: str | None = None, thresholds: dict | None = None,
-               device: str = "auto", manifest: str | None = None) -> dict[str, Any]:
+               device: str = "auto", manifest: str | None = None, source_roots: list[str] | None = None,
+               allow_http_sources: bool | None = None) -> dict[str, Any]:
     """Audit ``archive`` (or per a YAML ``manifest``; given parameters override it); ``thresholds``
-    holds ``AuditThresholds`` fields (min_psnr, max_psnr_drop, min_ms_ssim, max_lpips, thumb_tolerance)."""
+    holds ``AuditThresholds`` fields (min_psnr, max_psnr_drop, min_ms_ssim, max_lpips, thumb_tolerance).
+    Sources are read only under the archive's recorded source roots, or ``source_roots`` when
+    given; http(s) sources only with ``allow_http_sources``. A damaged newest manifest generation
+    or audit history record is a problem: it fails the run."""
     values = {k: v for k, v in dict(archive=archive, seed=seed, network=network, encoder=encoder, report=report,
-                                    thresholds=thresholds).items() if v is not None}
+                                    thresholds=thresholds, source_roots=source_roots,
+                                    allow_http_sources=allow_http_sources).items() if v is not None}
     if manifest:
         job = load_job(manifest, AuditJob, **values)
     else:

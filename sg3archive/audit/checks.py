@@ -2,8 +2,11 @@
 
 Four checks, each turning what it finds into precise problem messages:
 
-* integrity — every manifest-listed shard exists with its recorded sha256 and row count; every
-  sampled payload matches its sha256 and its own CRC; uncommitted (orphaned) shards are listed;
+* integrity — the newest manifest generation is readable (a damaged one that readers skip is a
+  problem); every manifest-listed shard is a regular file of the archive with its recorded sha256
+  and row count and a plausible Parquet footer; every sampled payload matches its sha256 and its
+  own CRC; every audit history record matches its checksum; uncommitted (orphaned) shards are
+  listed;
 * compatibility — the generator, encoder and codec model load and their fingerprints are the
   ones the archive records;
 * determinism — a seeded sample of rows, stratified over shards, is decoded and synthesized; the
@@ -13,7 +16,10 @@ Four checks, each turning what it finds into precise problem messages:
   reconstruction against it (and LPIPS when its weights are provisioned; otherwise a note says
   so and how to provision them), compared with the encode-time values and the job's thresholds.
 
-A source that is gone, changed (another sha256) or unreadable is not archive damage: the row is
+Sources are read only under the archive's recorded source roots, or the roots the audit job
+names, and never over http(s) unless the job allows it (sg3archive.audit.sources): a source
+elsewhere is not read but listed as ``refused``. A source that is gone, changed (another sha256),
+unreadable or refused is not archive damage: the row is
 still restored and checked for determinism, and the source is listed in ``unverified_sources``
 (id, URI, reason) — visible everywhere, but it does not fail the audit. The verdict always says
 against which thresholds it was reached (:meth:`AuditResult.verdict`).
@@ -37,6 +43,7 @@ import torch
 from tqdm import tqdm
 
 from sg3archive.audit.accumulators import Stats, WorstN
+from sg3archive.audit.sources import allowed_source, job_roots
 from sg3archive.codec.errors import CodecError
 from sg3archive.devices import resolve_device
 from sg3archive.errors import Sg3ArchiveError
@@ -45,9 +52,20 @@ from sg3archive.pipeline.compress import recon_thumbnail
 from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
 from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.inputs import FitInfo, decode_image, fit_to_square, read_bytes, sha256_hex, to_tensor
+from sg3archive.store import format as fmt
+from sg3archive.store.inputs import FitInfo, decode_image, read_bytes, refit, sha256_hex, to_tensor
 
-COLUMNS = ["id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb"]
+COLUMNS = ["id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb",
+           "source_root", "source_uri_bytes"]
+
+
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where the audit may read sources: ``roots`` (full URLs) named by the audit job, which
+    replace the archive's recorded roots when given; ``allow_http`` lets http(s) sources be read."""
+
+    roots: tuple[str, ...] = ()
+    allow_http: bool = False
 
 
 @dataclass(frozen=True)
@@ -193,10 +211,13 @@ def _allocate(rows: list[int], total: int, rng: np.random.Generator) -> list[np.
 def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, network: str | None = None,
               encoder: str | None = None, device: str = "auto", thresholds: Thresholds | None = None,
               storage_options: dict | None = None, source_storage_options: dict | None = None,
-              batch_size: int = 16, worst: int = 8, lpips: bool = True, progress: bool = False) -> AuditResult:
+              batch_size: int = 16, worst: int = 8, lpips: bool = True, progress: bool = False,
+              source_roots: list[str] | None = None, allow_http_sources: bool = False) -> AuditResult:
     """Audit the archive at ``archive`` (see the module docstring). Never raises for what it
     finds: every finding is a line in ``problems``; ``passed`` is True when there is none.
-    ``progress`` shows tqdm bars (shards verified, rows sampled) on stderr."""
+    ``progress`` shows tqdm bars (shards verified, rows sampled) on stderr. Sources are read only
+    under ``source_roots`` when given, else under each row's recorded root; http(s) sources only
+    with ``allow_http_sources``."""
     resolve_device(device)  # a device this machine lacks is the caller's mistake, not an archive problem
     started = dt.datetime.now(dt.timezone.utc)
     seed = nightly_seed() if seed is None else seed
@@ -205,6 +226,15 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
                  "thumb_diff": Stats(0.0, 32.0), "lpips": Stats(0.0, 1.0)}
     store = ArchiveStore.open(archive, storage_options=storage_options)
     settings = store.settings
+    policy = SourcePolicy(tuple(job_roots(source_roots, source_storage_options)), allow_http_sources)
+
+    # The manifest and the audit history: damage readers would skip, or not notice.
+    store.manifest()
+    res.problems += [f"integrity: {m}" for m in store.damage]
+    res.notes += [f"manifest: {m}" for m in store.pending]
+    from sg3archive.audit.history import load_history  # history imports this module
+
+    res.problems += [f"integrity: {m}" for m in load_history(archive, storage_options).problems]
 
     # Integrity of every committed shard, and orphans.
     good_shards = []
@@ -258,7 +288,8 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
             del table
             for start in range(0, len(rows), batch_size):
                 batch = rows[start : start + batch_size]
-                _audit_batch(batch, record.name, models, codec, res, worst_n, source_storage_options, perceptual)
+                _audit_batch(batch, record.name, models, codec, res, worst_n, source_storage_options, perceptual,
+                             policy)
                 bar.update(len(batch))
     res.worst = worst_n.items()
     res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
@@ -266,7 +297,7 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
 
 
 def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, worst: WorstN,
-                 source_storage_options: dict | None, perceptual=None) -> None:
+                 source_storage_options: dict | None, perceptual=None, policy: SourcePolicy | None = None) -> None:
     th = res.thresholds
     ok = []
     for row in rows:
@@ -301,7 +332,7 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
         if diff > th.thumb_tolerance:
             res.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently from "
                                 f"encode time (thumbnail differs by {diff} levels > {th.thumb_tolerance})")
-        source, unverified = _reachable_source(row, models.resolution, source_storage_options)
+        source, unverified = _reachable_source(row, models.resolution, source_storage_options, policy)
         if source is None:
             res.unverified_sources.append(unverified)
             continue
@@ -329,17 +360,28 @@ def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, 
             res.problems.append(f"quality: {where}: LPIPS {lp:.3f} above the threshold {th.max_lpips}")
 
 
-def _reachable_source(row: dict, resolution: int,
-                      storage_options: dict | None) -> tuple[torch.Tensor | None, dict[str, str] | None]:
-    """``(fitted source, None)`` when the source can still be read and its sha256 is the recorded
-    one; else ``(None, {id, uri, kind, reason})`` with kind ``missing``, ``changed`` or ``unreadable``."""
-    uri = row["source_uri"]
+def _reachable_source(row: dict, resolution: int, storage_options: dict | None,
+                      policy: SourcePolicy | None = None) -> tuple[torch.Tensor | None, dict[str, str] | None]:
+    """``(fitted source, None)`` when the source may be read (:mod:`sg3archive.audit.sources`:
+    under the job's ``policy.roots``, else the row's recorded ``source_root``), can still be read
+    and its sha256 is the recorded one; else ``(None, {id, uri, kind, reason})`` with kind
+    ``refused`` (not read: outside the roots, http(s), a symlink out), ``missing``, ``changed``
+    or ``unreadable``."""
+    uri = fmt.exact_uri(row)  # a surrogateescape str for a name that is not UTF-8
+    exact = row.get("source_uri_bytes") is not None
+    recorded_root = fmt.unstored_text(row["source_root"]) if exact and row.get("source_root") else row.get("source_root")
+    policy = policy or SourcePolicy()
 
     def unverified(kind: str, reason: str) -> tuple[None, dict[str, str]]:
         return None, {"id": row["id"], "uri": uri, "kind": kind, "reason": reason}
 
+    recorded = not policy.roots
+    roots = list(policy.roots) if policy.roots else [r for r in [recorded_root] if r]
+    decision = allowed_source(uri, roots, policy.allow_http, recorded=recorded)
+    if decision.read is None:
+        return unverified("refused", decision.reason or f"source not read: {uri}")
     try:
-        data = read_bytes(uri, storage_options)
+        data = read_bytes(decision.read, storage_options)
     except FileNotFoundError:
         return unverified("missing", f"source missing: {uri}")
     except (OSError, Sg3ArchiveError, ValueError) as exc:
@@ -349,7 +391,7 @@ def _reachable_source(row: dict, resolution: int,
         return unverified("changed", f"source changed: {uri}: sha256 expected {row['source_sha256']} found {found}")
     try:
         img = decode_image(data)
-        square, _ = fit_to_square(img.rgb, resolution, FitInfo.from_json(row["fit"]).mode)
+        square = refit(img.rgb, FitInfo.from_json(row["fit"]))  # the square exactly as compress made it
     except (Sg3ArchiveError, ValueError, OSError) as exc:
         return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
     return to_tensor(square), None

@@ -7,7 +7,7 @@ from pathlib import Path
 import fsspec
 
 from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditResult, Thresholds, run_audit
-from sg3archive.audit.history import append_record, read_history
+from sg3archive.audit.history import append_record, load_history
 from sg3archive.audit.report import render_report
 
 
@@ -18,7 +18,7 @@ def audit_and_record(archive: str, *, report: str | None = None, thresholds: Thr
     history_url = append_record(result, storage_options)
     report_url = None
     if report:
-        page = render_report(result, read_history(archive, storage_options))
+        page = render_report(result, load_history(archive, storage_options).rows)  # damaged ones: in problems
         with fsspec.open(str(report), "w", encoding="utf-8") as f:
             f.write(page)
         report_url = str(Path(report).resolve()) if "://" not in str(report) else str(report)
@@ -32,7 +32,9 @@ def audit_job(job, progress: bool = False) -> tuple[AuditResult, str, str | None
         job.archive, report=job.report, thresholds=Thresholds(**job.thresholds.model_dump()),
         storage_options=job.storage_options or None, sample_size=job.sample_size, seed=job.seed,
         network=job.network, encoder=job.encoder, device=job.device, lpips=job.lpips,
-        source_storage_options=job.source_storage_options or None, progress=progress)
+        source_storage_options=job.source_storage_options or None, progress=progress,
+        source_roots=list(getattr(job, "source_roots", None) or []) or None,
+        allow_http_sources=bool(getattr(job, "allow_http_sources", False)))
 
 
 def summary_lines(rec: dict, report_url: str | None = None, limit: int = 10) -> list[str]:

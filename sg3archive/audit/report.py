@@ -185,7 +185,7 @@ def _sources_section(result: AuditResult) -> str:
     if not items:
         return (f"<p>All {result.compared} sampled rows' sources were reachable with their recorded sha256.</p>"
                 if result.sampled else "<p>No rows were sampled.</p>")
-    counts = {k: sum(u["kind"] == k for u in items) for k in ("missing", "changed", "unreadable")}
+    counts = {k: sum(u["kind"] == k for u in items) for k in ("missing", "changed", "unreadable", "refused")}
     rows = "".join(f'<tr class="{html.escape(u["kind"])}"><td><code>{html.escape(str(u["id"]))}</code></td>'
                    f'<td>{html.escape(u["uri"])}</td>'
                    f'<td>{html.escape(u["reason"].replace(": " + u["uri"], ""))}</td></tr>' for u in items)

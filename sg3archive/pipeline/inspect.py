@@ -1,8 +1,16 @@
 """What an archive holds: counts, sizes, bit allocation, fingerprints, failures, orphans; its
-shards; its rows (ids and names, what restore's --ids and --glob select by)."""
+shards; its rows (ids and names, what restore's --ids and --glob select by).
+
+Memory stays bounded whatever the archive's size: row counts and payload sizes come from the
+shards' Parquet footers (checked first, :meth:`ArchiveStore.check_shard`), and the few columns
+that are read are streamed batch by batch; no payload is held for the summary or the shard list.
+Anything wrong with the manifest (a damaged newest generation skipped) is returned under
+``problems``, one line each.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import pyarrow.compute as pc
@@ -10,56 +18,130 @@ import pyarrow.compute as pc
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.format import row_name
 
+# Rows per batch when streaming: small enough that a batch of the widest rows stays a few MB.
+ROWS_BATCH = 1024
+
+
+def manifest_problems(store: ArchiveStore) -> list[str]:
+    """The manifest's problems a reader must hear about: each newer generation skipped as damaged,
+    or as a commit probably still being written."""
+    return list(store.damage) + list(store.pending)
+
+
+class _Mean:
+    """A running mean over streamed batches (nulls and NaN skipped)."""
+
+    def __init__(self) -> None:
+        self.total, self.n = 0.0, 0
+
+    def add(self, column) -> None:
+        values = pc.drop_null(column)
+        values = pc.filter(values, pc.invert(pc.is_nan(values))) if len(values) else values
+        if len(values):
+            self.total += float(pc.sum(values).as_py())
+            self.n += len(values)
+
+    @property
+    def value(self) -> float | None:
+        return self.total / self.n if self.n else None
+
 
 def inspect_archive(url: str, storage_options: dict | None = None) -> dict:
-    """A JSON-able description of the archive at ``url`` (from its manifest: committed data only)."""
+    """A JSON-able description of the archive at ``url`` (from its manifest: committed data only).
+
+    ``images`` and ``payload_bytes`` come from the shards' footers: ``payload_bytes`` is what the
+    payload column takes in the shards (its Parquet column chunks as stored). ``source_bytes`` and
+    the mean PSNR / MS-SSIM stream three small columns; ``failure_list`` streams the failures.
+    ``problems`` lists damaged manifest generations that were skipped.
+    """
     store = ArchiveStore.open(url, storage_options=storage_options)
-    images = store.read_table("images", columns=["payload", "source_size", "psnr", "ms_ssim"])
-    failures = store.read_table("failures", columns=["source_uri", "stage", "reason"])
-    sizes = pc.binary_length(images["payload"]) if images.num_rows else None
-    payload_bytes = int(pc.sum(sizes).as_py() or 0) if sizes is not None else 0
-    source_bytes = int(pc.sum(images["source_size"]).as_py() or 0) if images.num_rows else 0
     manifest = store.manifest()
-
-    def mean(col: str) -> float | None:
-        return pc.mean(images[col]).as_py() if images.num_rows else None
-
+    problems = manifest_problems(store)
+    footers = [(r, store.check_shard(r)) for r in manifest.shards_of("images")]
+    images = sum(f.rows for _, f in footers)
+    payload_bytes = sum(f.column_bytes("payload") for _, f in footers)
+    source_bytes, psnr, ms_ssim = 0, _Mean(), _Mean()
+    if images:
+        for batch in store.iter_batches("images", columns=["source_size", "psnr", "ms_ssim"], batch_size=ROWS_BATCH):
+            source_bytes += int(pc.sum(batch.column("source_size")).as_py() or 0)
+            psnr.add(batch.column("psnr"))
+            ms_ssim.add(batch.column("ms_ssim"))
+    failure_list = []
+    if manifest.shards_of("failures"):
+        for batch in store.iter_batches("failures", columns=["source_uri", "stage", "reason"], batch_size=ROWS_BATCH):
+            failure_list += batch.to_pylist()
     return {
         "archive": url,
-        "generation": manifest.generation if manifest is not None else 0,
-        "shards": {kind: len(store.shards(kind)) for kind in ("images", "failures")},
-        "images": images.num_rows,
-        "failures": failures.num_rows,
+        "generation": manifest.generation,
+        "problems": problems,
+        "shards": {kind: len(manifest.shards_of(kind)) for kind in ("images", "failures")},
+        "images": images,
+        "failures": len(failure_list),
         "payload_bytes": payload_bytes,
-        "bytes_per_image": payload_bytes / images.num_rows if images.num_rows else None,
+        "bytes_per_image": payload_bytes / images if images else None,
         "source_bytes": source_bytes,
         "ratio": source_bytes / payload_bytes if payload_bytes else None,
-        "mean_psnr": mean("psnr"),
-        "mean_ms_ssim": mean("ms_ssim"),
+        "mean_psnr": _finite(psnr.value),
+        "mean_ms_ssim": _finite(ms_ssim.value),
         "settings": store.settings,
-        "failure_list": failures.to_pylist(),
+        "failure_list": failure_list,
         "orphans": store.orphans(),
     }
 
 
-def list_shards(url: str, storage_options: dict | None = None) -> list[dict]:
-    """The committed shards in commit order: file name (restore's --shard), kind, rows, bytes."""
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def list_shards(url: str, storage_options: dict | None = None, problems: list[str] | None = None) -> list[dict]:
+    """The committed shards in commit order: file name (restore's --shard), kind, rows, bytes.
+    Each shard's footer is checked (a refused one raises, naming it); rows are the footer's.
+    Manifest problems are appended to ``problems`` when a list is given."""
     store = ArchiveStore.open(url, storage_options=storage_options)
-    return [{"name": r.name, "kind": r.kind, "rows": r.rows, "bytes": r.bytes, "committed_at": r.committed_at}
-            for r in store.shards()]
+    manifest = store.manifest()
+    if problems is not None:
+        problems += manifest_problems(store)
+    out = []
+    for r in manifest.shards:
+        footer = store.check_shard(r)
+        out.append({"name": r.name, "kind": r.kind, "rows": footer.rows, "bytes": footer.size,
+                    "committed_at": r.committed_at})
+    return out
 
 
-def iter_rows(url: str, storage_options: dict | None = None) -> Iterator[dict]:
+def iter_rows(url: str, storage_options: dict | None = None, problems: list[str] | None = None) -> Iterator[dict]:
     """One small record per image row, in archive order, streamed shard by shard: ``id``,
     ``name`` (relative to the compressed source; what restore's --glob matches and the output is
-    named after), ``source_uri``, ``payload_bytes``, encode-time ``psnr`` (dB) and ``shard``."""
+    named after), ``source_uri``, ``payload_bytes``, encode-time ``psnr`` (dB) and ``shard``.
+
+    The archive and its manifest are read when this is called (manifest problems are appended to
+    ``problems`` then, when a list is given); the rows when the iterator is consumed. Each shard is
+    checked before it is read and rows stream in batches of :data:`ROWS_BATCH`; a row's
+    ``payload_bytes`` is the length of its payload, taken one batch at a time (never a shard's
+    payloads at once)."""
     store = ArchiveStore.open(url, storage_options=storage_options)
-    for record in store.shards("images"):
-        columns = ["id", "source_name", "source_uri", "payload", "psnr"]
-        for batch in store.iter_batches("images", columns=columns, shard_names=[record.name]):
+    manifest = store.manifest()
+    if problems is not None:
+        problems += manifest_problems(store)
+    return _rows(store, manifest.shards_of("images"))
+
+
+def _rows(store: ArchiveStore, records: list) -> Iterator[dict]:
+    names = ("id", "source_name", "source_uri", "psnr")
+    for record in records:
+        store.check_shard(record)
+        for batch in store.iter_batches("images", columns=[*names, "payload"], batch_size=ROWS_BATCH,
+                                        shard_names=[record.name]):
             sizes = pc.binary_length(batch.column("payload")).to_pylist()
-            cols = {c: batch.column(c).to_pylist() for c in ("id", "source_name", "source_uri", "psnr")}
+            cols = {c: batch.column(c).to_pylist() for c in names}
+            del batch
             for rid, name, uri, size, quality in zip(cols["id"], cols["source_name"], cols["source_uri"], sizes,
                                                      cols["psnr"]):
                 yield {"id": rid, "name": row_name(name, uri), "source_uri": uri, "payload_bytes": size,
                        "psnr": quality, "shard": record.name}
+
+
+def printable(text: str) -> str:
+    """``text`` safe to print on a terminal: control characters (an archive's names and messages
+    are untrusted; an escape sequence could rewrite the screen) shown as ``\\xNN`` escapes."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))

@@ -9,6 +9,12 @@ Layout under the archive root (docs/FORMAT.md)::
 
 Writers call :meth:`ArchiveStore.write_shard` for each table, then :meth:`ArchiveStore.commit` once
 for the records; readers only ever see committed shards.
+
+Everything read from an archive is untrusted input (sg3archive.store.bounded): metadata files are
+read with size caps and must be regular files inside the archive; a shard is read only after its
+file and its Parquet footer are checked (:meth:`ArchiveStore.check_shard`). A newest manifest
+generation that is damaged is skipped for the newest readable one, and said so in
+:attr:`ArchiveStore.damage`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import io
 import json
 import logging
 import os
+import threading
 import uuid
 from typing import Any, Iterator
 
@@ -26,6 +33,15 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sg3archive.store.bounded import (
+    ARCHIVE_FILE_CAP,
+    ShardFooter,
+    ShardRefusedError,
+    UnsafeArchiveFileError,
+    file_size,
+    read_bounded_json,
+    read_shard_footer,
+)
 from sg3archive.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -52,10 +68,12 @@ from sg3archive.store.manifest import (
     backend_of,
     create_exclusive,
     fsync_dir,
+    is_plain_name,
     utc_now,
 )
 
-__all__ = ["ArchiveStore", "ArchiveMismatchError", "ArchiveNotFoundError", "ShardRecord", "Manifest"]
+__all__ = ["ArchiveStore", "ArchiveMismatchError", "ArchiveNotFoundError", "ShardRecord", "Manifest",
+           "ShardRefusedError", "UnsafeArchiveFileError"]
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +132,18 @@ class ArchiveStore:
         self.archive_doc = archive_doc
         self.settings: dict[str, Any] = archive_doc["settings"]
         self.log = ManifestLog(fs, self.root)
+        # Footers of shards already checked (shards are immutable): name -> ShardFooter.
+        self._footers: dict[str, ShardFooter] = {}
+        self._footers_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_footers"], state["_footers_lock"] = {}, None  # FileMetaData and locks do not pickle
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._footers_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ArchiveStore({self.url!r})"
@@ -161,8 +191,9 @@ class ArchiveStore:
     @staticmethod
     def _read_archive_doc(fs: fsspec.AbstractFileSystem, path: str, url: str) -> dict[str, Any]:
         fs.invalidate_cache(path)
+        root = path.rsplit("/", 1)[0]
         try:
-            raw = fs.cat_file(path)
+            doc = read_bounded_json(fs, path, ARCHIVE_FILE_CAP, ARCHIVE_FILE, root)
         except (FileNotFoundError, NotADirectoryError):
             folder = path.rsplit("/", 1)[0]
             what = "is a file, not an archive folder" if fs.isfile(folder) else (
@@ -170,10 +201,6 @@ class ArchiveStore:
             raise ArchiveNotFoundError(
                 f"archive {url} {what}: check the path (and storage_options for a bucket); "
                 f"`sg3archive compress SRC {url}` creates an archive") from None
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise ArchiveFormatError(f"{path} is not valid JSON ({exc})") from exc
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or not isinstance(doc.get("settings"), dict):
             raise ArchiveFormatError(f"{path} is not an sg3archive archive file")
         check_format_version(doc, path)
@@ -181,8 +208,27 @@ class ArchiveStore:
 
     # -- paths -----------------------------------------------------------------------------------
     def shard_path(self, name: str) -> str:
-        """The path on ``fs`` of a shard file name."""
+        """The path on ``fs`` of a shard file name; UnsafeArchiveFileError for a name that is not
+        a plain file name (a separator, ``..``): no name leads out of ``shards/``."""
+        if not is_plain_name(name):
+            raise UnsafeArchiveFileError(f"shard name {name!r} is not a plain file name inside {SHARDS_DIR}/")
         return f"{self.root}/{SHARDS_DIR}/{name}"
+
+    @property
+    def damage(self) -> list[str]:
+        """One line per newer manifest generation the last manifest read skipped as damaged
+        (what, which generation is used instead, what to do); empty when there was none."""
+        if self.log.skipped is None:
+            self.manifest()
+        return [s.message() for s in self.log.skipped or [] if not s.pending]
+
+    @property
+    def pending(self) -> list[str]:
+        """Like :attr:`damage`, for a newest generation that ends early and is moments old: most
+        likely a commit still being written, not damage."""
+        if self.log.skipped is None:
+            self.manifest()
+        return [s.message() for s in self.log.skipped or [] if s.pending]
 
     @property
     def codec_url(self) -> str:
@@ -271,6 +317,47 @@ class ArchiveStore:
             raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(KINDS)}")
         return self.manifest().shards_of(kind)
 
+    def check_shard(self, record: ShardRecord) -> ShardFooter:
+        """Check a committed shard before it is read, and return its checked footer.
+
+        The file must be a regular file inside ``shards/`` (no symlink out of the archive) with the
+        size its record gives, and its Parquet footer must declare the record's rows and sizes
+        plausible for the file (:func:`sg3archive.store.bounded.check_footer`). Checked once per
+        shard and store (shards are immutable).
+
+        Raises:
+            FileNotFoundError: the shard file is missing.
+            ShardRefusedError, UnsafeArchiveFileError: refused (the message names the shard).
+        """
+        with self._footers_lock:
+            known = self._footers.get(record.name)
+        if known is not None:
+            return known
+        path = self.shard_path(record.name)
+        try:
+            size = file_size(self.fs, path, self.root, f"shard {record.name}")
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"shard {record.name} of {self.url} is missing ({path}); `sg3archive audit {self.url}` "
+                "lists every damaged shard") from None
+        if size != record.bytes:
+            raise ShardRefusedError(record.name, f"it has {size} bytes, the manifest says {record.bytes}", self.url)
+        try:
+            footer = read_shard_footer(self.fs, path, size, record.name)
+        except ShardRefusedError as exc:
+            raise ShardRefusedError(record.name, exc.why, self.url, exc.unreadable) from None
+        if footer.rows != record.rows:
+            raise ShardRefusedError(record.name, f"its footer declares {footer.rows} rows, the manifest says "
+                                    f"{record.rows}", self.url)
+        with self._footers_lock:
+            self._footers[record.name] = footer
+        return footer
+
+    def footers(self, kind: str | None = None) -> list[tuple[ShardRecord, ShardFooter]]:
+        """Every committed shard (of ``kind``) with its checked footer, in commit order: row
+        counts and column sizes without reading any row."""
+        return [(record, self.check_shard(record)) for record in self.shards(kind)]
+
     def _dataset(self, kind: str, shard_names: list[str] | None = None,
                  manifest: Manifest | None = None) -> ds.Dataset:
         schema = schema_for(kind)
@@ -281,6 +368,8 @@ class ArchiveStore:
             if unknown:
                 raise KeyError(f"not committed {kind} shards of {self.url}: {unknown}")
             committed = [by_name[n] for n in shard_names]
+        for record in committed:
+            self.check_shard(record)
         paths = [self.shard_path(s.name) for s in committed]
         self._forget_listings()
         # With the schema given, no file is opened just to discover it; a shard of an older format
@@ -354,9 +443,11 @@ class ArchiveStore:
         path = self.shard_path(record.name)
         self.fs.invalidate_cache(path)
         try:
-            size = self.fs.size(path)
+            size = file_size(self.fs, path, self.root, f"shard {record.name}")
         except FileNotFoundError:
             return [f"{record.name}: missing ({path})"]
+        except UnsafeArchiveFileError as exc:
+            return [f"{record.name}: refused: {exc}"]  # never read through a link out of the archive
         problems = []
         if size != record.bytes:
             problems.append(f"{record.name}: {size} bytes, record says {record.bytes}")
@@ -367,11 +458,18 @@ class ArchiveStore:
         if digest.hexdigest() != record.sha256:
             problems.append(f"{record.name}: sha256 {digest.hexdigest()}, record says {record.sha256}")
         try:
-            with self.fs.open(path, "rb") as f:
-                parquet = pq.ParquetFile(f)
-                rows = parquet.metadata.num_rows
-                doc = read_metadata(parquet.schema_arrow)
-        except (pa.ArrowException, ArchiveFormatError, OSError) as exc:
+            footer = read_shard_footer(self.fs, path, size, record.name)
+        except ShardRefusedError as exc:
+            problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc.why})" if exc.unreadable
+                            else f"{record.name}: refused: {exc.why}")
+            return problems
+        except OSError as exc:
+            problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc})")
+            return problems
+        rows = footer.rows
+        try:
+            doc = read_metadata(footer.metadata.schema.to_arrow_schema())
+        except (pa.ArrowException, ArchiveFormatError) as exc:
             problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc})")
             return problems
         if rows != record.rows:

@@ -5,12 +5,20 @@ a shard file becomes visible only when a generation lists it. A commit is a comp
 the generation number: build N+1 from the latest generation N plus the new shards, and create
 ``_manifest/<N+1>.json`` only if nobody else has. How "only if" is made atomic depends on the
 backend (see :func:`create_exclusive` and docs/FORMAT.md).
+
+Each generation written by this version carries ``checksum``: ``"sha256:<hex>"`` of the
+document's canonical JSON without that key (sorted keys, no spaces, ASCII), so any changed byte
+of a generation is found when it is read. Generations without one (written before) are read as
+they are. A reader never stops at an unreadable newest generation: it uses the newest readable one
+(what makes a killed commit safe) and records what it skipped (:attr:`ManifestLog.skipped`), so
+``inspect``, ``restore`` and the audit can say so.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +33,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from sg3archive.store.bounded import MANIFEST_CAP, UnsafeArchiveFileError, read_bounded
 from sg3archive.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -52,6 +61,11 @@ BACKOFF_MAX = 0.5
 # builds on an older one: on a backend without atomic create it may still be being written.
 UNREADABLE_RETRIES = 3
 UNREADABLE_WAIT = 0.2
+# A newest generation that ends early (cut-off JSON or empty) and was modified this recently may
+# still be being written (backends without an atomic create); older, or damaged otherwise, it is
+# damage.
+PENDING_SECONDS = 120.0
+CHECKSUM_KEY = "checksum"
 
 # memory:// lives in this process only, so a process-wide lock makes its create exclusive.
 _MEMORY_LOCK = threading.Lock()
@@ -91,9 +105,15 @@ class ShardRecord:
                      rows=int(doc["rows"]), bytes=int(doc["bytes"]), committed_at=doc.get("committed_at"))
         if record.kind not in KINDS:
             raise ArchiveFormatError(f"shard {record.name!r} has unknown kind {record.kind!r}")
-        if "/" in record.name or record.name.startswith("."):
+        if not is_plain_name(record.name) or record.name.startswith("."):
             raise ArchiveFormatError(f"shard name {record.name!r} is not a plain file name inside shards/")
         return record
+
+
+def is_plain_name(name: str) -> bool:
+    """Whether ``name`` names a file directly inside a folder: no separator, no ``..``, no NUL."""
+    return (bool(name) and len(name) <= 255 and name not in (".", "..")
+            and not any(c in name for c in ("/", "\\", "\x00")))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +163,69 @@ class Manifest:
 
 
 EMPTY_MANIFEST = Manifest(generation=0, parent=None, committed_at=None, shards=())
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    """The bytes a generation's checksum is taken over: ``doc`` without its checksum, canonical JSON."""
+    body = {k: v for k, v in doc.items() if k != CHECKSUM_KEY}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def encode_manifest(manifest: Manifest) -> bytes:
+    """The file bytes of a generation: its JSON with the ``checksum`` of its content."""
+    doc = manifest.to_json()
+    doc[CHECKSUM_KEY] = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    return json.dumps(doc, indent=1).encode("utf-8")
+
+
+def checksum_problem(doc: dict[str, Any]) -> str | None:
+    """Why a generation's checksum does not match its content, or None (also when it has none)."""
+    stated = doc.get(CHECKSUM_KEY)
+    if stated is None:
+        return None
+    found = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    if stated != found:
+        logger.debug("manifest checksum %r, content %s", stated, found)
+        return "checksum mismatch"
+    return None
+
+
+class GenerationUnreadableError(ArchiveFormatError):
+    """One manifest generation cannot be used; ``reason`` says why in a few words, ``cut_off``
+    whether its file merely ends early (empty or cut-off JSON: possibly still being written)."""
+
+    def __init__(self, message: str, reason: str, cut_off: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.cut_off = cut_off
+
+
+@dataclasses.dataclass(frozen=True)
+class SkippedGeneration:
+    """A newer generation a reader skipped to use an older one.
+
+    Attributes:
+        generation: its number; ``file``: its path inside the archive (``_manifest/….json``).
+        reason: why it was unreadable ("checksum mismatch: …", "not valid JSON (…)").
+        pending: it ends early and was modified moments ago: probably a commit still being
+            written, not damage.
+        used: the generation read instead (0: none, the archive reads as empty).
+    """
+
+    generation: int
+    file: str
+    reason: str
+    pending: bool
+    used: int
+
+    def message(self) -> str:
+        """One line for the user: what was skipped, what is used, what that means, what to do."""
+        instead = f"using generation {self.used}" if self.used else "no older generation is readable, so the archive reads as empty"
+        if self.pending:
+            return (f"manifest generation {self.generation} ({self.file}) is incomplete ({self.reason}); it may be a "
+                    f"commit still being written — {instead} for now; rerun in a minute to see its shards")
+        return (f"manifest generation {self.generation} ({self.file}) is damaged ({self.reason}) — {instead}; "
+                "the shards it added are not visible; rerun the compress that wrote it")
 
 
 def generation_name(generation: int) -> str:
@@ -260,6 +343,10 @@ class ManifestLog:
         self.fs = fs
         self.root = root.rstrip("/")
         self.folder = f"{self.root}/{MANIFEST_DIR}"
+        # What the last latest() skipped (None before the first read): newer generations that
+        # were unreadable, newest first.
+        self.skipped: list[SkippedGeneration] | None = None
+        self._warned: set[tuple[int, str]] = set()  # each unreadable generation is logged once
 
     def path(self, generation: int) -> str:
         return f"{self.folder}/{generation_name(generation)}"
@@ -277,17 +364,61 @@ class ManifestLog:
         return sorted(n for n in numbers if n is not None)
 
     def read(self, generation: int) -> Manifest:
-        """One generation; ArchiveFormatError if its file is partial or not a manifest."""
+        """One generation, read as untrusted input: a regular file inside the archive of at most
+        :data:`~sg3archive.store.bounded.MANIFEST_CAP` bytes, whose checksum (when it has one)
+        matches. GenerationUnreadableError (an ArchiveFormatError) if it is partial, damaged or
+        not a manifest; NewerFormatError if a newer sg3archive wrote it."""
         path = self.path(generation)
-        raw = self.fs.cat_file(path)
+        what = f"manifest generation {path}"
+
+        def unreadable(reason: str, cut_off: bool = False) -> GenerationUnreadableError:
+            return GenerationUnreadableError(f"{what} is unreadable: {reason}", reason, cut_off)
+
+        try:
+            raw = read_bounded(self.fs, path, MANIFEST_CAP, f"manifest generation {generation}", self.root)
+        except UnsafeArchiveFileError as exc:
+            raise unreadable(str(exc)) from None
         try:
             doc = json.loads(raw)
-        except ValueError as exc:
-            raise ArchiveFormatError(f"manifest generation {path} is not valid JSON ({exc})") from exc
-        manifest = Manifest.from_json(doc, what=f"manifest generation {path}")
+        except (ValueError, RecursionError) as exc:
+            cut_off = not raw.rstrip().endswith(b"}")  # a whole generation ends with its closing brace
+            raise unreadable("empty" if not raw.strip() else f"not valid JSON ({exc})", cut_off) from None
+        if isinstance(doc, dict) and doc.get("format") == FORMAT_NAME:
+            check_format_version(doc, what)  # NewerFormatError first: never skip an upgraded archive
+            problem = checksum_problem(doc)
+            if problem:
+                raise unreadable(problem)
+        try:
+            manifest = Manifest.from_json(doc, what=what)
+        except NewerFormatError:
+            raise
+        except ArchiveFormatError as exc:
+            raise unreadable(str(exc).removeprefix(f"{what} ")) from None
         if manifest.generation != generation:
-            raise ArchiveFormatError(f"{path} says it is generation {manifest.generation}")
+            raise unreadable(f"it says it is generation {manifest.generation}")
         return manifest
+
+    def _age(self, path: str) -> float | None:
+        """Seconds since ``path`` was last modified, or None where the store does not say."""
+        try:
+            info = self.fs.info(path)
+        except (OSError, ValueError):
+            return None
+        mtime = info.get("mtime", info.get("LastModified", info.get("last_modified")))
+        if isinstance(mtime, datetime):
+            mtime = mtime.timestamp()
+        if not isinstance(mtime, (int, float)):
+            return None
+        return time.time() - float(mtime)
+
+    def _skipped(self, generation: int, exc: Exception, newest: bool) -> SkippedGeneration:
+        reason = getattr(exc, "reason", None) or (
+            "file missing" if isinstance(exc, FileNotFoundError) else " ".join(str(exc).split()))
+        cut_off = bool(getattr(exc, "cut_off", False))
+        age = self._age(self.path(generation)) if cut_off and newest else None
+        pending = age is not None and age < PENDING_SECONDS
+        return SkippedGeneration(generation=generation, file=f"{MANIFEST_DIR}/{generation_name(generation)}",
+                                 reason=reason, pending=pending, used=0)
 
     def latest(self) -> Manifest:
         """The highest-numbered readable generation (unreadable ones are skipped with a warning).
@@ -297,21 +428,34 @@ class ManifestLog:
         return self._latest(self.generations(), patient=False)[0]
 
     def _latest(self, numbers: list[int], patient: bool) -> tuple[Manifest, int]:
-        """(newest readable generation, highest generation number present)."""
+        """(newest readable generation, highest generation number present); what it skipped is
+        left in :attr:`skipped`."""
         highest = numbers[-1] if numbers else 0
+        skipped: list[SkippedGeneration] = []
+        found = EMPTY_MANIFEST
         for i, generation in enumerate(reversed(numbers)):
             tries = UNREADABLE_RETRIES if patient and i == 0 else 1
+            manifest = None
             for attempt in range(tries):
                 try:
-                    return self.read(generation), highest
+                    manifest = self.read(generation)
+                    break
                 except NewerFormatError:
                     raise  # never fall back to an older generation of an archive upgraded since
                 except (ArchiveFormatError, FileNotFoundError) as exc:
                     if attempt + 1 < tries:
                         time.sleep(UNREADABLE_WAIT)
                         continue
-                    logger.warning("ignoring unreadable manifest generation %d: %s", generation, exc)
-        return EMPTY_MANIFEST, highest
+                    skip = self._skipped(generation, exc, newest=i == 0)
+                    if (generation, skip.reason) not in self._warned:
+                        self._warned.add((generation, skip.reason))
+                        logger.warning("ignoring unreadable manifest generation %d: %s", generation, exc)
+                    skipped.append(skip)
+            if manifest is not None:
+                found = manifest
+                break
+        self.skipped = [dataclasses.replace(s, used=found.generation) for s in skipped]
+        return found, highest
 
     def commit(self, records: Iterable[ShardRecord], attempts: int = COMMIT_ATTEMPTS) -> Manifest:
         """Append ``records`` in a new generation; retried on conflict, so concurrent commits all land.
@@ -334,7 +478,7 @@ class ManifestLog:
             stamped = tuple(dataclasses.replace(r, committed_at=now) for r in new)
             manifest = Manifest(generation=highest + 1, parent=base.generation, committed_at=now,
                                 shards=base.shards + stamped)
-            data = json.dumps(manifest.to_json(), indent=1).encode("utf-8")
+            data = encode_manifest(manifest)
             if create_exclusive(self.fs, self.path(manifest.generation), data):
                 logger.debug("committed manifest generation %d (+%d shards)", manifest.generation, len(new))
                 return manifest

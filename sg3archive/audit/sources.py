@@ -1,0 +1,136 @@
+"""Which sources the audit may read: only the archive's own, under the source roots recorded at
+compress time (or the roots the audit job names), never an ``http(s)`` URL unless the job allows it.
+
+An archive is untrusted input: a row's ``source_uri`` could name a cloud metadata endpoint or a
+file outside anything that was ever compressed, and the audit would fetch it and record what it
+found in the archive's history. :func:`allowed_source` decides before any request or read:
+
+* the roots: those the audit job names (``source_roots``), when it names any — the operator's
+  list is the real boundary, since an archive chooses its own recorded roots; otherwise the row's
+  recorded ``source_root`` (rows of format version 1 have none: their sources are not read unless
+  the job names roots);
+* a source is under a root when scheme and bucket/host are the same and its path is the root's
+  path or below it (for a URI-list or single-file root: below that file's folder); no ``.`` or
+  ``..`` segment anywhere;
+* on the local disk symlinks are resolved: the source's real path must lie under the root's real
+  path, and it must be a regular file (never a FIFO or a device, which could block or never end);
+* ``http://`` and ``https://`` sources are refused unless ``allow_http_sources`` is set.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+from sg3archive.store.format import source_root as full_url
+
+HTTP_SCHEMES = ("http", "https")
+LIST_SUFFIXES = (".txt", ".lst")  # a compress SRC that is a URI list: its entries sit beside it
+
+
+@dataclass(frozen=True)
+class Location:
+    """A URL split the way containment is judged: ``scheme`` ("file" for local paths), ``host``
+    (bucket or host; "" locally) and ``path`` (no trailing slash)."""
+
+    scheme: str
+    host: str
+    path: str
+
+    @property
+    def segments(self) -> list[str]:
+        return [s for s in self.path.split("/") if s]
+
+
+def split_url(url: str) -> Location | None:
+    """``url`` as a :class:`Location`, or None when it is no URL or path this check understands.
+    Nothing is percent-decoded: sources are recorded as fsspec names them, literally."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return Location("file", "", os.path.abspath(url).rstrip("/") or "/") if url.startswith("/") else None
+    scheme = scheme.lower()
+    if scheme in ("file", "local"):
+        if rest.startswith("localhost/"):
+            rest = rest[len("localhost"):]
+        if not rest.startswith("/"):
+            return None  # file://host/... : another machine's file
+        return Location("file", "", rest.rstrip("/") or "/")
+    host, _, path = rest.partition("/")
+    return Location(scheme, host, "/" + path.rstrip("/"))
+
+
+def job_roots(roots: list[str] | None, storage_options: dict | None = None) -> list[str]:
+    """The audit job's ``source_roots`` as full URLs (a local path becomes ``file:///…``)."""
+    out = []
+    for root in roots or []:
+        out.append(root if "://" in root else full_url(root, storage_options))
+    return out
+
+
+def _base(root: Location) -> Location:
+    """Where sources of a URI-list ``root`` (``….txt``/``….lst``) may lie: the list's folder
+    (its relative entries resolve there); any other root is its own base."""
+    if root.path.lower().endswith(LIST_SUFFIXES):
+        folder = root.path.rsplit("/", 1)[0] or "/"
+        return Location(root.scheme, root.host, folder)
+    return root
+
+
+def _under(path: str, base: str) -> bool:
+    return path == base or path.startswith(base.rstrip("/") + "/")
+
+
+@dataclass(frozen=True)
+class Decision:
+    """``read``: what to read (a local real path, or the URI) when allowed; else ``reason``."""
+
+    read: str | None
+    reason: str | None = None
+
+
+def allowed_source(uri: str, roots: list[str], allow_http: bool = False, recorded: bool = True) -> Decision:
+    """Whether the audit may read ``uri`` given the allowed ``roots`` (full URLs); ``recorded``
+    says whether those are the archive's recorded roots or the job's (for the message)."""
+    where = "the archive's recorded source root" if recorded else "the audit job's source_roots"
+    loc = split_url(uri)
+    if loc is None:
+        return Decision(None, f"source not read: {uri} is not a URL the audit reads (no scheme, or another host's file)")
+    if loc.scheme in HTTP_SCHEMES and not allow_http:
+        return Decision(None, f"source not read: {uri} is an http(s) URL; set allow_http_sources: true in the "
+                              "audit job to read such sources")
+    if any(s in (".", "..") for s in loc.path.split("/")):
+        return Decision(None, f"source not read: {uri} has a '.' or '..' path segment")
+    if not roots:
+        return Decision(None, f"source not read: {uri}: its row records no source root (archive format version 1); "
+                              "name the folders to read in the audit job's source_roots")
+    for root in roots:
+        base = split_url(root)
+        if base is None or base.scheme != loc.scheme or base.host != loc.host:
+            continue
+        base = base if _under(loc.path, base.path) else _base(base)
+        if not _under(loc.path, base.path) or any(s in (".", "..") for s in base.path.split("/")):
+            continue
+        if loc.scheme != "file":
+            return Decision(uri)
+        return _local(uri, loc.path, base.path, where, root)
+    shown = ", ".join(roots[:3]) + (f" (+{len(roots) - 3} more)" if len(roots) > 3 else "")
+    return Decision(None, f"source not read: {uri} is outside {where} ({shown})")
+
+
+def _local(uri: str, path: str, base: str, where: str, root: str) -> Decision:
+    """A local source under ``base`` by name: its real path must be too (no symlink out), and it
+    must be a regular file. A missing file is allowed (reading it reports it missing)."""
+    real, top = os.path.realpath(path), os.path.realpath(base)
+    if os.path.commonpath([real, top]) != top:
+        return Decision(None, f"source not read: {uri} leads outside {where} ({root}) through a symlink "
+                              f"(its real path is {real})")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        return Decision(real)
+    except OSError as exc:
+        return Decision(None, f"source unreadable: {uri}: {exc.strerror or exc}")
+    if not stat.S_ISREG(mode):
+        return Decision(None, f"source not read: {uri} is not a regular file")
+    return Decision(real)
