@@ -414,15 +414,26 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
 
     Each image goes to DEST/<its path relative to the compressed folder>, suffix set to the
     format (e.g. DEST/more/gray.png), in its source's mode where the format holds it.
+    Nothing is written outside DEST, through a link inside it, or over a source file. Images that
+    cannot be restored (damaged rows, unsafe names) are listed and skipped; the exit status is then 1.
     """
     from sg3archive.pipeline.jobs import RestoreJob
+    from sg3archive.pipeline.restore import RestoreIncompleteError, printable
     from sg3archive.pipeline.restore import restore as run
 
     job = _job_or_flags(RestoreJob, manifest, dict(
         archive=archive, destination=dest, ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None,
         glob=glob_, shard=shard, format=fmt,
         size=size, network=network, encoder=encoder, batch_size=batch_size, device=device, overwrite=overwrite))
-    click.echo(run(job).text())
+    summary = run(job)
+    for message in summary.warnings:
+        click.echo(f"warning: {printable(message)}", err=True)
+    click.echo(summary.text())
+    if summary.bad:
+        click.echo(summary.bad_text(), err=True)
+        raise RestoreIncompleteError(
+            f"{len(summary.bad)} of the selected images could not be restored (listed above; the others were): "
+            f"the archive has damaged rows or unsafe names; `sg3archive inspect {job.archive}` checks it")
 
 
 @main.command()
@@ -433,27 +444,39 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
 def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
     """Counts, sizes, bit allocation, fingerprints and every failure of ARCHIVE (or, with --rows
     or --shards, its images or shards)."""
-    from sg3archive.pipeline.inspect import inspect_archive, iter_rows, list_shards
+    from sg3archive.pipeline.inspect import inspect_archive, iter_rows, list_shards, printable
+
+    def warn(problems: list[str]) -> None:  # each once, on stderr, before the listing
+        for message in dict.fromkeys(problems):
+            click.echo(f"warning: {printable(message)}", err=True)
 
     if rows or shards:
+        problems: list[str] = []
         if as_json:
-            doc: dict = {"archive": archive}
+            doc: dict = {"archive": archive, "problems": problems}
             if shards:
-                doc["shards"] = list_shards(archive)
+                doc["shards"] = list_shards(archive, problems=problems)
             if rows:
-                doc["rows"] = list(iter_rows(archive))
+                doc["rows"] = list(iter_rows(archive, problems=[] if shards else problems))
+            warn(problems)
             click.echo(json.dumps(doc, indent=2, default=str))
             return
         if shards:
-            for r in list_shards(archive):
+            listing = list_shards(archive, problems=problems)
+            warn(problems)
+            for r in listing:
                 click.echo(f"{r['name']}  {r['kind']:8s} {r['rows']:7d} rows {r['bytes']:10d} bytes")
         if rows:
+            found: list[str] = []
+            listed = iter_rows(archive, problems=found)  # reads the manifest now, the rows as they print
+            warn([] if shards else found)
             click.echo(f"{'id':32s}  {'psnr':>6s}  {'bytes':>6s}  name")
-            for r in iter_rows(archive):
+            for r in listed:
                 quality = f"{r['psnr']:6.2f}" if r["psnr"] is not None else f"{'-':>6s}"
-                click.echo(f"{r['id']}  {quality}  {r['payload_bytes']:6d}  {r['name']}")
+                click.echo(f"{r['id']}  {quality}  {r['payload_bytes']:6d}  {printable(r['name'])}")
         return
     info = inspect_archive(archive)
+    warn(info["problems"])
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -461,14 +484,17 @@ def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
     click.echo(f"archive {archive} (manifest generation {info['generation']})")
     click.echo(f"  images {info['images']} in {info['shards']['images']} shards; failures {info['failures']}")
     if info["images"]:
-        click.echo(f"  payload {info['payload_bytes']} bytes ({info['bytes_per_image']:.0f} B/image); "
-                   f"source {info['source_bytes']} bytes; ratio {info['ratio']:.1f}x")
-        click.echo(f"  mean PSNR {info['mean_psnr']:.2f} dB, MS-SSIM {info['mean_ms_ssim']:.3f}")
+        ratio = f"{info['ratio']:.1f}x" if info["ratio"] else "-"
+        click.echo(f"  payload {info['payload_bytes']} bytes in the shards ({info['bytes_per_image']:.0f} B/image); "
+                   f"source {info['source_bytes']} bytes; ratio {ratio}")
+        quality = {k: "-" if info[k] is None else format(info[k], f) for k, f in (("mean_psnr", ".2f"),
+                                                                                 ("mean_ms_ssim", ".3f"))}
+        click.echo(f"  mean PSNR {quality['mean_psnr']} dB, MS-SSIM {quality['mean_ms_ssim']}")
     click.echo(f"  profile {s.get('profile')}; bits per layer {s.get('bits')}")
     click.echo(f"  generator {s.get('generator_fingerprint')}\n  encoder   {s.get('encoder_fingerprint')}\n"
                f"  codec     {s.get('codec_hash')}")
     for f in info["failure_list"]:
-        click.echo(f"  FAILED {f['source_uri']}: [{f['stage']}] {f['reason']}")
+        click.echo(printable(f"  FAILED {f['source_uri']}: [{f['stage']}] {f['reason']}"))
     if info["orphans"]:
         click.echo(f"  {len(info['orphans'])} uncommitted shard files (from interrupted runs; ignored by readers)")
 

@@ -150,6 +150,8 @@ def unpack(data: bytes) -> tuple[PayloadHeader, bytes]:
     transform = None
     if flags & _FLAG_TRANSFORM:
         rows = np.frombuffer(data[pos : pos + 24], dtype="<f4").reshape(2, 3)
+        if not np.isfinite(rows).all():
+            raise PayloadError("payload input transform holds NaN or infinite values: the payload is corrupted")
         transform = np.vstack([rows, np.array([[0, 0, 1]], dtype=np.float32)]).astype(np.float32)
         pos += 24
     stream = data[pos:end]

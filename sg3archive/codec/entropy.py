@@ -120,7 +120,12 @@ def decode_stream(data: bytes, layouts: list[ChunkLayout], models: TableModels, 
             if count:
                 zigzag = dec.decode(_UNIFORM, count).astype(np.int64)
                 values[escaped] = np.where(zigzag % 2 == 0, zigzag // 2, -(zigzag + 1) // 2)
+                if (np.abs(values[escaped]) <= layout.half[escaped]).any():
+                    raise PayloadError("payload stream escapes an index its table holds (the encoder never "
+                                       "does); the payload is corrupted")
             out.append(values)
+    except PayloadError:
+        raise
     except Exception as exc:  # constriction raises its own error types on inconsistent data
         raise PayloadError(f"payload stream could not be decoded ({exc}); the payload is corrupted") from None
     if whole and coder == "ans" and not dec.is_empty():

@@ -17,7 +17,7 @@ import torch
 from sg3archive.codec import bitstream
 from sg3archive.codec import quantize as qz
 from sg3archive.codec.entropy import ChunkLayout, TableModels, chunk_layout, decode_stream, encode_stream
-from sg3archive.codec.errors import CodecError, ModelMismatchError
+from sg3archive.codec.errors import CodecError, ModelMismatchError, PayloadError
 from sg3archive.codec.model import CodecModel, estimate, fit_model, load_model, save_model
 from sg3archive.codec.tables import SCALES, table_spec
 
@@ -207,6 +207,7 @@ class LatentCodec:
             transforms.append(header.transform)
         q = qz.reconstruct_indices(k.reshape(n, layers, dims), self.model.coef, self.model.reset, self.model.units,
                                    num_layers)
+        _check_decoded_range(q)
         m = self.model
         ws = torch.from_numpy(qz.dequantize(q, m.centre, m.basis_int, m.mantissa, m.exponent))
         return DecodedLatents(ws, transforms)
@@ -267,6 +268,15 @@ class LatentCodec:
         bits = -torch.log2(likelihood).sum(dim=(1, 2))
         ws_tilde = (u_tilde * steps if identity else (u_tilde * steps) @ dec.T) + centre
         return ws_tilde, bits
+
+
+def _check_decoded_range(q: np.ndarray) -> None:
+    """Refuse decoded indices the encoder can never produce (beyond ``quantize.MAX_INDEX``): they
+    come only from a damaged or forged payload, and would dequantize to far-off, inexact values."""
+    if q.size and np.abs(q).max() > qz.MAX_INDEX:
+        image = int(np.argmax(np.abs(q).reshape(len(q), -1).max(axis=1) > qz.MAX_INDEX))
+        raise PayloadError(f"payload {image} decodes to quantization indices outside the codec's range "
+                           f"(|q| > {qz.MAX_INDEX}); the payload is corrupted or forged")
 
 
 __all__ = ["CODERS", "DecodedLatents", "LatentCodec"]

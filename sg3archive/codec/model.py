@@ -335,14 +335,19 @@ def save_model(model: CodecModel, url: str, storage_options: dict | None = None)
 
 def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
     """Read a saved codec model and check its content hash."""
+    from sg3archive.store.bounded import CODEC_ARRAYS_CAP, CODEC_JSON_CAP, read_bounded
+    from sg3archive.store.format import ArchiveFormatError
+
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
-    try:
-        with fs.open(posixpath.join(root, JSON_NAME), "r") as f:
-            doc = json.load(f)
-        with fs.open(posixpath.join(root, ARRAYS_NAME), "rb") as f:
-            arrays = safetensors.numpy.load(f.read())
+    try:  # regular files inside the codec folder, sizes capped before reading (untrusted input)
+        doc = json.loads(read_bounded(fs, posixpath.join(root, JSON_NAME), CODEC_JSON_CAP, JSON_NAME, root=root))
+        arrays = safetensors.numpy.load(
+            read_bounded(fs, posixpath.join(root, ARRAYS_NAME), CODEC_ARRAYS_CAP, ARRAYS_NAME, root=root))
     except FileNotFoundError as exc:
-        raise CodecError(f"{url} is not a saved codec model (missing {exc.filename}); save one with LatentCodec.save") from None
+        missing = exc.filename or (ARRAYS_NAME if JSON_NAME not in str(exc) else JSON_NAME)
+        raise CodecError(f"{url} is not a saved codec model (missing {missing}); save one with LatentCodec.save") from None
+    except ArchiveFormatError as exc:
+        raise CodecError(f"{url}: {exc}") from None
     except Exception as exc:  # JSON and safetensors parse errors of any kind
         raise CodecError(f"{url}: codec model files are unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
@@ -355,12 +360,74 @@ def load_model(url: str, storage_options: dict | None = None) -> CodecModel:
         if doc.get(key) != expected:
             raise CodecError(f"{url}: model was made with {key}={doc.get(key)}, this codec uses {expected}")
     try:
+        _check_shapes(doc, arrays)
         model = _model_from(doc, arrays)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise CodecError(f"{url}: codec model files are incomplete or damaged ({type(exc).__name__}: {exc})") from None
     if model.hash != doc.get("hash"):
         raise CodecError(f"{url}: codec model content does not match its recorded hash; the files were modified or damaged")
     return model
+
+
+MAX_NUM_WS, MAX_W_DIM = 64, 4096  # StyleGAN3 has 16 x 512; generous, and bounds every array below
+
+
+def _whole(value: Any, lo: int, hi: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be a whole number in {lo}..{hi}, not {value!r}")
+    return value
+
+
+def _check_shapes(doc: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Refuse a model whose config or arrays do not fit together before anything uses them: its
+    hash proves nothing against a crafted file (anyone can recompute it), so sizes, dtypes,
+    finiteness and every probability table (each is a pure function of its id) are checked.
+
+    Raises:
+        ValueError: what does not fit, in words.
+    """
+    num_ws = _whole(doc["num_ws"], 1, MAX_NUM_WS, "num_ws")
+    w_dim = _whole(doc["w_dim"], 1, MAX_W_DIM, "w_dim")
+    if not isinstance(doc["bits"], list) or len(doc["bits"]) != num_ws:
+        raise ValueError(f"bits must list {num_ws} values")
+    groups = doc["groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, list) for g in groups):
+        raise ValueError("groups must be a list of lists of layer numbers")
+    for g in groups:
+        for layer in g:
+            _whole(layer, 0, num_ws - 1, "a layer in groups")
+    shapes = {"centre": ((num_ws, w_dim), "f"), "coef": ((num_ws, w_dim), "i"), "classes": ((num_ws, w_dim), "i"),
+              "sigma": ((num_ws, w_dim), "f"), "mantissa": ((num_ws,), "i"), "exponent": ((num_ws,), "i"),
+              "reset": ((num_ws,), "i"), "basis_int": ((w_dim, w_dim), "i")}
+    for name, (shape, kind) in shapes.items():
+        if name not in arrays:
+            if name == "basis_int":
+                continue
+            raise KeyError(name)
+        a = arrays[name]
+        if a.shape != shape or a.dtype.kind != kind:
+            raise ValueError(f"array {name} is {a.dtype}{list(a.shape)}, expected {'float' if kind == 'f' else 'int'}"
+                             f"{list(shape)}")
+        if kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"array {name} holds NaN or infinity")
+    if (arrays["mantissa"] < 1).any() or (arrays["mantissa"] >= 1 << 31).any():
+        raise ValueError("mantissa values must be in 1..2**31-1")
+    if (arrays["exponent"] < 0).any() or (arrays["exponent"] > 62).any():
+        raise ValueError("exponent values must be in 0..62")
+    top = table_id(NUM_CLASSES - 1, NUM_CLASSES - 1, len(MIXTURE_WEIGHTS) - 1)
+    classes = arrays["classes"]
+    if classes.size and (classes.min() < 0 or classes.max() > top):
+        raise ValueError(f"classes must be table ids in 0..{top}")
+    names = [k for k in arrays if k.startswith("table.")]
+    if len(names) > top + 1:
+        raise ValueError("more probability tables than table ids")
+    for key in names:
+        tid = _whole(int(key.split(".", 1)[1]) if key.split(".", 1)[1].isdigit() else -1, 0, top, f"array {key}'s id")
+        if not np.array_equal(arrays[key], frequency_table(tid)):
+            raise ValueError(f"array {key} is not the probability table of id {tid}")
+    missing = {int(c) for c in np.unique(classes)} - {int(k.split(".", 1)[1]) for k in names}
+    if missing:
+        raise ValueError(f"no probability table for ids {sorted(missing)[:5]}")
 
 
 def _model_from(doc: dict, arrays: dict[str, np.ndarray]) -> CodecModel:

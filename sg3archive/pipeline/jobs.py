@@ -129,6 +129,10 @@ class AuditJob(_Spec):
     thresholds: AuditThresholds = Field(default_factory=AuditThresholds)
     storage_options: dict[str, Any] = Field(default_factory=dict)
     source_storage_options: dict[str, Any] = Field(default_factory=dict)
+    source_roots: list[str] = Field(default_factory=list, description=(
+        "read sources only under these folders/prefixes (they replace the roots the archive records; "
+        "needed for rows of format version 1, which record none)"))
+    allow_http_sources: bool = Field(False, description="also read http(s) sources (never by default)")
 
 
 # How the CLI names a job's fields: positional arguments in capitals, options as flags. Errors use

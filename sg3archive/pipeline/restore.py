@@ -5,59 +5,114 @@ columns only), then decode payloads, synthesize in batches and write files under
 Names: a row restores to ``DEST/<source_name>`` with the suffix set to the output format, where
 ``source_name`` is the source's path relative to the compress job's SRC (``more/gray.png`` for
 ``examples/images/more/gray.png`` compressed from ``examples/images``). Rows of archives written
-before that column existed use their URI's path without the scheme (``data/photos/a.png``). When
-two rows would get the same file (``a.jpg`` and ``a.png``, or two sources compressed into one
-archive), the row first in archive order keeps the name and later ones get ``.<id[:8]>`` before
-the suffix; names compare case-insensitively, as some filesystems do. The rule depends on the
-archive only, not on the selection, so partial restores and full ones agree.
+before that column existed use their URI's path without the scheme (``data/photos/a.png``). Every
+root or anchor is removed (leading ``/``, ``//``, ``\\\\``, ``\\\\?\\``, drive letters); a name with
+``.``/``..`` parts is refused. When two rows would get the same file (``a.jpg`` and ``a.png``, or
+two sources compressed into one archive), the row first in archive order keeps the name and later
+ones get ``.<id[:8]>`` before the suffix (a folder that would clash with an earlier row's file gets
+it after its name); names compare case-insensitively, as some filesystems do. The rule depends on
+the archive only, not on the selection, so partial restores and full ones agree.
+
+Archives are untrusted input. Under a local DEST nothing is written through a symbolic link inside
+DEST, each target's real path must lie under DEST's real path, and no target may be a file the
+archive records as a source (not even with ``overwrite``): see ``sg3archive.store.safe_write``.
+A row that cannot be restored (unsafe name, payload that fails its sha256 or does not decode,
+damaged fit record) is recorded in the summary's ``bad`` list and skipped; the others restore.
+A full, read-only or unwritable DEST stops the restore with one ``DestinationWriteError`` line.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import posixpath
 import re
 import sys
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
+from typing import Any
 
 import fsspec
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from tqdm import tqdm
 
 from sg3archive.errors import FingerprintMismatchError, Sg3ArchiveError
 from sg3archive.pipeline.jobs import RestoreJob
-from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
+from sg3archive.pipeline.models import Models, fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
 from sg3archive.store.archive import ArchiveStore
+from sg3archive.store import format as fmt
 from sg3archive.store.format import row_name, uri_path
 from sg3archive.store.inputs import FitInfo, to_restored_image, unfit
+from sg3archive.store.safe_write import (
+    DestinationWriteError,
+    LocalDestination,
+    UnsafeTargetError,
+    destination_error,
+    is_within,
+    resolved_target,
+)
 
 SUFFIX = {"png": ".png", "webp": ".webp", "jpeg": ".jpg"}
 PIL_FORMAT = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
-NAME_COLUMNS = ["id", "source_uri", "source_name"]
-COLUMNS = [*NAME_COLUMNS, "payload", "fit", "mode"]
+NAME_COLUMNS = ["id", "source_uri", "source_name", "source_uri_bytes"]  # exact names: format.exact_name
+COLUMNS = [*NAME_COLUMNS, "payload", "payload_sha256", "fit", "mode"]
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+class RestoreIncompleteError(Sg3ArchiveError):
+    """Some selected rows could not be restored (each is listed in the summary); the rest were."""
+
+
+@dataclass
+class BadRow:
+    """A selected row that was skipped, and why."""
+
+    id: str
+    name: str
+    reason: str
+
+    def text(self) -> str:
+        """One printable line (names from non-UTF-8 file names shown with escapes)."""
+        return printable(f"{self.id}  {self.name}: {self.reason}")
 
 
 @dataclass
 class RestoreSummary:
+    """What a restore did. ``written`` counts files actually written; ``bad`` the rows skipped
+    as damaged or unsafe; ``warnings`` the archive's damage notes (a skipped manifest generation)."""
+
     destination: str
     written: int = 0
     skipped: int = 0
     seconds: float = 0.0
     files: list[str] = field(default_factory=list)
+    bad: list[BadRow] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def text(self) -> str:
         text = f"{self.written} images restored to {self.destination}, {self.skipped} already there"
+        if self.bad:
+            text += f", {len(self.bad)} could not be restored"
         if self.written and self.seconds > 0:
             text += f"; {self.written / self.seconds:.2f} images/s"
-        return text
+        return printable(text)
+
+    def bad_text(self) -> str:
+        """The skipped rows, one per line: id, name and reason."""
+        return "\n".join(f"not restored: {row.text()}" for row in self.bad)
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (from non-UTF-8 names) written as escapes, so it can be printed."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @dataclass
@@ -69,25 +124,36 @@ class RestorePlan:
         shards: images shard name → selected rows in it, in commit order (shards without any are left out).
         renamed: shard name → row index in the shard → output name, for rows whose name was taken
             by an earlier row (every other selected row writes ``output_name(row_name(...))``).
+        refused: shard name → row index in the shard → why no output name can be made for it
+            (selected rows only; restore reports them as bad rows).
     """
 
     total: int = 0
     shards: dict[str, int] = field(default_factory=dict)
     renamed: dict[str, dict[int, str]] = field(default_factory=dict)
+    refused: dict[str, dict[int, str]] = field(default_factory=dict)
 
     def for_shard(self, shard: str) -> RestorePlan:
         """The part of the plan in one shard (a flow task's share)."""
         count = self.shards.get(shard, 0)
         return RestorePlan(total=count, shards={shard: count} if count else {},
-                           renamed={shard: self.renamed[shard]} if shard in self.renamed else {})
+                           renamed={shard: self.renamed[shard]} if shard in self.renamed else {},
+                           refused={shard: self.refused[shard]} if shard in self.refused else {})
 
 
 def output_name(name: str, fmt: str) -> str:
     """A relative output path for a row name (or, for a URI, its path without the scheme) with the
-    suffix set to the format: backslashes read as slashes, drive letters and empty parts (``//``,
-    leading ``/``) dropped. Refuses names that would leave the destination (``.``/``..`` parts)."""
+    suffix set to the format: backslashes read as slashes; every root or anchor dropped (leading
+    ``/``, ``//``, a ``\\\\?\\`` or ``\\\\.\\`` device prefix, a drive letter) and empty parts too.
+    Refuses names that would leave the destination (``.``/``..`` parts) or hold a NUL."""
     text = uri_path(name) if "://" in name else name
-    pieces = [p for p in _DRIVE.sub("", text.replace("\\", "/")).split("/") if p]
+    text = text.replace("\\", "/")
+    pieces = [p for p in text.split("/") if p]
+    if text.startswith("//") and pieces and pieces[0] in ("?", "."):  # \\?\C:\x, \\.\C:\x
+        pieces = pieces[1:]
+    if pieces and _DRIVE.match(pieces[0]):
+        pieces[0] = pieces[0][2:]
+        pieces = [p for p in pieces if p]
     if not pieces or any(p in (".", "..") or "\x00" in p for p in pieces):
         raise Sg3ArchiveError(f"cannot derive a safe output name from {name!r}: it would leave the destination")
     try:
@@ -96,18 +162,55 @@ def output_name(name: str, fmt: str) -> str:
         raise Sg3ArchiveError(f"cannot derive an output name from {name!r}: {exc}") from None
 
 
-def _unique(name: str, rid: str, taken: set[str]) -> str:
-    """``name``, or when an earlier row took it, ``name`` with the id before the suffix."""
-    stem, suffix = posixpath.splitext(name)
-    candidates = [name, f"{stem}.{rid[:8]}{suffix}", f"{stem}.{rid}{suffix}"]
-    n = 2
-    while True:
-        for candidate in candidates:
-            if candidate.casefold() not in taken:
-                taken.add(candidate.casefold())
-                return candidate
-        candidates = [f"{stem}.{rid}-{n}{suffix}"]  # the same source archived more than once
-        n += 1
+class _Names:
+    """Output names taken so far (case-insensitively): files, and the folders they sit in."""
+
+    def __init__(self) -> None:
+        self.files: set[str] = set()
+        self.folders: set[str] = set()
+
+    def claim(self, name: str, rid: str) -> str:
+        """``name``, or when an earlier row took it (or a folder of that name is needed), ``name``
+        with the id before the suffix; a folder on the way that is an earlier row's file gets
+        the id after its name."""
+        folder, base = posixpath.split(name)
+        folder = self._free_folder(folder, rid)
+        stem, suffix = posixpath.splitext(base)
+        candidates = [base, f"{stem}.{rid[:8]}{suffix}", f"{stem}.{rid}{suffix}"]
+        n = 2
+        while True:
+            for candidate in candidates:
+                full = posixpath.join(folder, candidate)
+                key = full.casefold()
+                if key not in self.files and key not in self.folders:
+                    self.files.add(key)
+                    self._add_folders(folder)
+                    return full
+            candidates = [f"{stem}.{rid}-{n}{suffix}"]  # the same source archived more than once
+            n += 1
+
+    def _free_folder(self, folder: str, rid: str) -> str:
+        parts = folder.split("/") if folder else []
+        for i in range(len(parts)):
+            if "/".join(parts[: i + 1]).casefold() in self.files:
+                tag = f"{parts[i]}.{rid[:8]}"
+                while "/".join([*parts[:i], tag]).casefold() in self.files:
+                    tag += "_"
+                parts[i] = tag
+        return "/".join(parts)
+
+    def _add_folders(self, folder: str) -> None:
+        parts = folder.split("/") if folder else []
+        for i in range(len(parts)):
+            self.folders.add("/".join(parts[: i + 1]).casefold())
+
+
+def _uris_and_names(cols: dict[str, list[Any]]) -> Iterator[tuple[str, str]]:
+    """Each row's exact source URI and name (``surrogateescape`` strs for names that are not
+    UTF-8: ``format.exact_uri``/``exact_name`` read them from ``source_uri_bytes``)."""
+    for uri, name, raw in zip(cols["source_uri"], cols["source_name"], cols["source_uri_bytes"]):
+        row = {"source_uri": uri, "source_name": name, "source_uri_bytes": raw}
+        yield fmt.exact_uri(row), fmt.exact_name(row)
 
 
 def _selector(job: RestoreJob) -> Callable[[str, str, str], bool]:
@@ -130,11 +233,11 @@ def _listing_hint(archive: str) -> str:
 def plan_restore(job: RestoreJob, store: ArchiveStore | None = None) -> RestorePlan:
     """Select the rows ``job`` asks for and name their outputs, reading only the id and name
     columns (of every images shard: names taken by rows outside the selection count too; memory:
-    one short name per row, nothing per pixel).
+    one short name per row, nothing per pixel). A selected row whose name would leave the
+    destination is put in ``refused`` (restore reports it and restores the others).
 
     Raises:
-        Sg3ArchiveError: an unknown shard, ids not in the archive, a selection that matches
-            nothing, or a selected row whose name would leave the destination.
+        Sg3ArchiveError: an unknown shard, ids not in the archive, or a selection that matches nothing.
     """
     store = store or ArchiveStore.open(job.archive, storage_options=job.storage_options)
     records = store.shards("images")
@@ -143,30 +246,29 @@ def plan_restore(job: RestoreJob, store: ArchiveStore | None = None) -> RestoreP
                               f"`sg3archive inspect {job.archive} --shards` lists them")
     selected = _selector(job)
     wanted, found = set(job.ids or ()), set()
-    taken: set[str] = set()
+    names = _Names()
     plan = RestorePlan()
     for record in records:
         index = 0
         for batch in store.iter_batches("images", columns=NAME_COLUMNS, shard_names=[record.name]):
             cols = batch.to_pydict()
-            for rid, uri, source_name in zip(cols["id"], cols["source_uri"], cols["source_name"]):
-                name = row_name(source_name, uri)
+            for rid, (uri, name) in zip(cols["id"], _uris_and_names(cols)):
                 chosen = selected(rid, uri, name) and (not job.shard or record.name == job.shard)
                 if rid in wanted:
                     found.add(rid)
-                try:
-                    out = output_name(name, job.format)
-                except Sg3ArchiveError as exc:
-                    if chosen:
-                        raise Sg3ArchiveError(f"image {rid}: {exc}; leave it out with --glob or --ids") from None
-                    index += 1
-                    continue  # never written, so it takes no name
-                final = _unique(out, rid, taken)
                 if chosen:
                     plan.total += 1
                     plan.shards[record.name] = plan.shards.get(record.name, 0) + 1
-                    if final != out:
-                        plan.renamed.setdefault(record.name, {})[index] = final
+                try:
+                    out = output_name(name, job.format)
+                except Sg3ArchiveError as exc:
+                    if chosen:  # never written, so it takes no name
+                        plan.refused.setdefault(record.name, {})[index] = str(exc)
+                    index += 1
+                    continue
+                final = names.claim(out, rid)
+                if chosen and final != out:
+                    plan.renamed.setdefault(record.name, {})[index] = final
                 index += 1
     missing = sorted(wanted - found)
     if missing:
@@ -183,17 +285,190 @@ def plan_restore(job: RestoreJob, store: ArchiveStore | None = None) -> RestoreP
     return plan
 
 
+# -- where files go ---------------------------------------------------------------------------------
+class _Sources:
+    """The archive's recorded sources, as paths a target must never be: local sources by real
+    path (and, when a target exists, by device and inode), remote ones by URL."""
+
+    def __init__(self, store: ArchiveStore) -> None:
+        self.local: set[str] = set()
+        self.remote: set[str] = set()
+        self._local_paths: list[str] = []
+        self._identities: set[tuple[int, int]] | None = None
+        folders: dict[str, str] = {}
+        for batch in store.iter_batches("images", columns=["source_uri", "source_name", "source_uri_bytes"]):
+            for uri, _ in _uris_and_names(batch.to_pydict()):
+                path = _local_path(uri)
+                if path is None:
+                    self.remote.add(uri)
+                    continue
+                try:
+                    self._add_local(path, folders)
+                except (OSError, ValueError):  # a path this system cannot even name: never a target
+                    continue
+
+    def _add_local(self, path: str, folders: dict[str, str]) -> None:
+        path = os.path.abspath(path)
+        folder, base = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        self.local.add(os.path.join(folders[folder], base))
+        if os.path.islink(path):
+            self.local.add(os.path.realpath(path))
+        self._local_paths.append(path)
+
+    def is_local_source(self, real_path: str, identity: tuple[int, int] | None) -> bool:
+        """Whether a local target (its real path; its device and inode if it exists) is a source."""
+        if real_path in self.local:
+            return True
+        if identity is None:
+            return False
+        if self._identities is None:
+            self._identities = set()
+            for path in self._local_paths:
+                try:
+                    st = os.stat(path)
+                except (OSError, ValueError):
+                    continue
+                self._identities.add((st.st_dev, st.st_ino))
+        return identity in self._identities
+
+
+def _local_path(uri: str) -> str | None:
+    """The local path a recorded source URI names (``file://`` URIs and plain paths), else None."""
+    if uri.startswith("file://"):
+        return uri[len("file://"):]
+    if "://" in uri:
+        return None
+    return uri
+
+
+class _LocalTargets:
+    """Targets under a local DEST: contained, never through a link, never a source."""
+
+    def __init__(self, destination: LocalDestination, sources: _Sources) -> None:
+        self.dest = destination
+        self.sources = sources
+
+    def exists(self, relative: str) -> bool:
+        """Whether the target exists; raises UnsafeTargetError for a target that leaves DEST (by
+        its real path), goes through a link or a file inside DEST, or is an archived source."""
+        parts = relative.split("/")
+        resolved = resolved_target(self.dest.real, parts)
+        if not is_within(resolved, self.dest.real):
+            raise UnsafeTargetError(f"{relative!r} would be written at {resolved}, outside DEST {self.dest.label} "
+                                    "(a link inside DEST points out of it); remove the link or choose another DEST")
+        real = self.dest.real_path(relative)
+        identity = self.dest.identity(relative)  # None: nothing there
+        if self.sources.is_local_source(real, identity) or resolved in self.sources.local:
+            raise UnsafeTargetError(f"its output {real} is a source file the archive records; restore never "
+                                    "writes over a source (not even with --overwrite): choose another DEST")
+        return identity is not None
+
+    def write(self, relative: str, data: bytes, overwrite: bool) -> bool:
+        return self.dest.write(relative, data, overwrite)
+
+    def url(self, relative: str) -> str:
+        return LocalFileSystem().unstrip_protocol(self.dest.real_path(relative))
+
+
+class _RemoteTargets:
+    """Targets under an fsspec DEST (a bucket prefix): string-level containment, UTF-8 names,
+    never a recorded source URL; files appear whole (a temporary name, then a move)."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, root: str, label: str, sources: _Sources) -> None:
+        self.fs, self.root, self.label = fs, root.rstrip("/"), label
+        protocols = (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+        self.sources = {fs._strip_protocol(u) for u in sources.remote if u.split("://", 1)[0] in protocols}
+
+    def path(self, relative: str) -> str:
+        try:
+            relative.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnsafeTargetError(f"its name {printable(relative)!r} is not valid UTF-8, which a {self.label} object "
+                                    "name must be; restore it into a local DEST") from None
+        path = posixpath.normpath(posixpath.join(self.root, relative))
+        if not is_within(path, self.root) or path == self.root:
+            raise UnsafeTargetError(f"{relative!r} would leave DEST {self.label}")
+        if path in self.sources:
+            raise UnsafeTargetError(f"its output {self.fs.unstrip_protocol(path)} is a source the archive records; "
+                                    "restore never writes over a source (not even with --overwrite): choose another DEST")
+        return path
+
+    def exists(self, relative: str) -> bool:
+        return self.fs.exists(self.path(relative))
+
+    def write(self, relative: str, data: bytes, overwrite: bool) -> bool:
+        target = self.path(relative)
+        if not overwrite and self.fs.exists(target):
+            return False
+        tmp = f"{target}.part-{uuid.uuid4().hex[:12]}"
+        try:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, target)
+        except OSError as exc:
+            _remove_quietly(self.fs, tmp)
+            raise destination_error(self.label, exc) or exc from None
+        return True
+
+    def url(self, relative: str) -> str:
+        return self.fs.unstrip_protocol(self.path(relative))
+
+
+def _remove_quietly(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    try:
+        if fs.exists(path):
+            fs.rm(path)
+    except OSError:
+        pass
+
+
+def _targets(job: RestoreJob, store: ArchiveStore) -> _LocalTargets | _RemoteTargets:
+    """DEST (made if missing) as a place to write, with the archive's sources it must not touch."""
+    fs, root = fsspec.core.url_to_fs(job.destination, **job.destination_storage_options)
+    sources = _Sources(store)
+    if isinstance(fs, LocalFileSystem):
+        local = LocalDestination(root, label=job.destination)
+        local.prepare()
+        return _LocalTargets(local, sources)
+    try:
+        fs.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise destination_error(job.destination, exc) or exc from None
+    return _RemoteTargets(fs, root, job.destination, sources)
+
+
+# -- restoring ----------------------------------------------------------------------------------------
+@dataclass
+class _Row:
+    """A selected row on its way to a file."""
+
+    index: int  # in the batch
+    id: str
+    name: str
+    relative: str  # output name under DEST
+
+
 def restore(job: RestoreJob, progress: bool = True, plan: RestorePlan | None = None) -> RestoreSummary:
     """Run a restore job in this process (the CLI's path; the flow plans once, then runs one
-    task per shard with that shard's part of the plan)."""
+    task per shard with that shard's part of the plan).
+
+    Rows that cannot be restored are listed in the summary's ``bad`` and skipped.
+
+    Raises:
+        Sg3ArchiveError: a selection that matches nothing, DEST is a file, other models.
+        DestinationWriteError: DEST is full, read-only or not writable.
+    """
     started = time.perf_counter()
     store = ArchiveStore.open(job.archive, storage_options=job.storage_options)
     plan = plan if plan is not None else plan_restore(job, store)
-    fs, root = fsspec.core.url_to_fs(job.destination)
+    summary = RestoreSummary(job.destination, warnings=[str(m) for m in getattr(store, "damage", None) or []])
+    fs, root = fsspec.core.url_to_fs(job.destination, **job.destination_storage_options)
     if fs.isfile(root):
         raise Sg3ArchiveError(f"DEST {job.destination} is a file; restore writes images into a folder: give a "
                               "folder (new or existing) as DEST")
-    summary = RestoreSummary(job.destination)
     if not plan.total:
         summary.seconds = time.perf_counter() - started
         return summary
@@ -202,50 +477,119 @@ def restore(job: RestoreJob, progress: bool = True, plan: RestorePlan | None = N
     mismatches = fingerprint_mismatches(store.settings, models, codec)
     if mismatches:
         raise FingerprintMismatchError("; ".join(mismatches) + "; pass the models the archive was written with")
-    fs.makedirs(root, exist_ok=True)  # only once the models load: a mistake leaves no empty DEST behind
-    selected = _selector(job)
+    targets = _targets(job, store)  # only once the models load: a mistake leaves no empty DEST behind
     with tqdm(total=plan.total, desc="restore", unit="img", file=sys.stderr, disable=not progress) as bar:
         for shard in plan.shards:
-            renamed = plan.renamed.get(shard, {})
-            index = 0
-            for batch in store.iter_batches("images", columns=COLUMNS, shard_names=[shard], batch_size=job.batch_size):
-                cols = batch.to_pydict()
-                todo = []
-                for i, (rid, uri, source_name) in enumerate(zip(cols["id"], cols["source_uri"], cols["source_name"])):
-                    name = row_name(source_name, uri)
-                    if not selected(rid, uri, name):
-                        continue
-                    target = posixpath.join(root, renamed.get(index + i) or output_name(name, job.format))
-                    if not job.overwrite and fs.exists(target):
-                        summary.skipped += 1
-                        bar.update(1)
-                        continue
-                    todo.append((i, target))
-                index += batch.num_rows
-                if not todo:
-                    continue
-                ws = codec.decompress([cols["payload"][i] for i, _ in todo]).to(models.device)
-                with torch.no_grad():
-                    images = to_uint8(models.G.synthesis(ws))
-                for (i, target), img in zip(todo, images):
-                    if job.size == "original":
-                        img = unfit(img, FitInfo.from_json(cols["fit"][i]))
-                    _write_image(fs, target, img, cols["mode"][i], job.format)
-                    summary.written += 1
-                    summary.files.append(fs.unstrip_protocol(target))
-                    bar.update(1)
+            for cols, rows in _shard_rows(job, store, plan, shard, targets, summary, bar):
+                _restore_rows(job, models, codec, targets, cols, rows, summary, bar)
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-def _write_image(fs: fsspec.AbstractFileSystem, target: str, img: np.ndarray, source_mode: str, fmt: str) -> None:
-    """Encode in the source's mode where the format holds it, then write under a temporary name
-    and rename: a crash leaves no partial image."""
+def _shard_rows(job: RestoreJob, store: ArchiveStore, plan: RestorePlan, shard: str,
+                targets: _LocalTargets | _RemoteTargets, summary: RestoreSummary,
+                bar: tqdm) -> Iterator[tuple[dict[str, list[Any]], list[_Row]]]:
+    """Batches of one shard with the selected rows still to write (rows already there are counted
+    as skipped, refused and unsafe ones recorded as bad)."""
+    selected = _selector(job)
+    renamed, refused = plan.renamed.get(shard, {}), plan.refused.get(shard, {})
+    index = 0
+    for batch in store.iter_batches("images", columns=COLUMNS, shard_names=[shard], batch_size=job.batch_size):
+        cols = batch.to_pydict()
+        rows = []
+        for i, (rid, (uri, name)) in enumerate(zip(cols["id"], _uris_and_names(cols))):
+            if not selected(rid, uri, name):
+                continue
+            if index + i in refused:
+                _bad(summary, bar, rid, name, refused[index + i])
+                continue
+            row = _Row(i, rid, name, renamed.get(index + i) or output_name(name, job.format))
+            try:
+                there = targets.exists(row.relative)
+            except UnsafeTargetError as exc:
+                _bad(summary, bar, rid, name, str(exc))
+                continue
+            if there and not job.overwrite:
+                summary.skipped += 1
+                bar.update(1)
+                continue
+            payload = cols["payload"][i]
+            if hashlib.sha256(payload).hexdigest() != cols["payload_sha256"][i]:
+                _bad(summary, bar, rid, name, "its payload does not match the payload_sha256 recorded beside it "
+                                              "(the archive is damaged)")
+                continue
+            rows.append(row)
+        index += batch.num_rows
+        if rows:
+            yield cols, rows
+
+
+def _bad(summary: RestoreSummary, bar: tqdm, rid: str, name: str, reason: str) -> None:
+    summary.bad.append(BadRow(rid, name, reason))
+    bar.update(1)
+
+
+def _decode(codec: Any, payloads: list[bytes]) -> list[torch.Tensor | str]:
+    """One W+ (or the reason it does not decode) per payload: the batch at once, and when that
+    fails, one at a time so that only the bad payloads are lost."""
+    try:
+        return list(codec.decompress(payloads))
+    except Sg3ArchiveError:
+        pass
+    out: list[torch.Tensor | str] = []
+    for payload in payloads:
+        try:
+            out.append(codec.decompress([payload])[0])
+        except Sg3ArchiveError as exc:
+            out.append(f"its payload does not decode: {exc}")
+    return out
+
+
+def _restore_rows(job: RestoreJob, models: Models, codec: Any, targets: _LocalTargets | _RemoteTargets,
+                  cols: dict[str, list[Any]], rows: list[_Row], summary: RestoreSummary, bar: tqdm) -> None:
+    """Decode, synthesize and write one batch's rows (bad ones recorded and skipped)."""
+    decoded = _decode(codec, [cols["payload"][row.index] for row in rows])
+    good = []
+    for row, ws in zip(rows, decoded):
+        if isinstance(ws, str):
+            _bad(summary, bar, row.id, row.name, ws)
+        else:
+            good.append((row, ws))
+    if not good:
+        return
+    with torch.no_grad():
+        images = to_uint8(models.G.synthesis(torch.stack([ws for _, ws in good]).to(models.device)))
+    for (row, _), img in zip(good, images):
+        try:
+            data = _encode_image(job, img, cols["fit"][row.index], cols["mode"][row.index])
+        except (Sg3ArchiveError, ValueError, TypeError, OverflowError, MemoryError, OSError) as exc:
+            _bad(summary, bar, row.id, row.name, f"its image cannot be rebuilt: {exc}")
+            continue
+        try:
+            wrote = targets.write(row.relative, data, job.overwrite)
+        except DestinationWriteError:
+            raise
+        except UnsafeTargetError as exc:
+            _bad(summary, bar, row.id, row.name, str(exc))
+            continue
+        except (OSError, UnicodeError) as exc:
+            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            _bad(summary, bar, row.id, row.name, f"cannot write {row.relative!r} in DEST: {what}")
+            continue
+        if wrote:
+            summary.written += 1
+            summary.files.append(targets.url(row.relative))
+        else:  # appeared since it was checked (another restore into the same DEST)
+            summary.skipped += 1
+        bar.update(1)
+
+
+def _encode_image(job: RestoreJob, img: np.ndarray, fit: str, source_mode: str) -> bytes:
+    """The image file's bytes: back to the original size (from the row's fit record) when asked,
+    in the source's mode where the format holds it."""
+    if job.size == "original":
+        img = unfit(img, FitInfo.from_json(fit))
     buf = io.BytesIO()
-    image = to_restored_image(img, source_mode, PIL_FORMAT[fmt])
-    image.save(buf, format=PIL_FORMAT[fmt], **({"quality": 95} if fmt != "png" else {}))
-    fs.makedirs(posixpath.dirname(target), exist_ok=True)
-    tmp = f"{target}.part-{os.getpid()}"
-    with fs.open(tmp, "wb") as f:
-        f.write(buf.getvalue())
-    fs.mv(tmp, target)
+    image = to_restored_image(img, source_mode, PIL_FORMAT[job.format])
+    image.save(buf, format=PIL_FORMAT[job.format], **({"quality": 95} if job.format != "png" else {}))
+    return buf.getvalue()
