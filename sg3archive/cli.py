@@ -510,16 +510,20 @@ def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
 @click.option("--max-psnr-drop", type=float, default=None, help="dB below encode time that fails (default 0.5).")
 @click.option("--min-psnr", type=float, default=None, help="Fail below this PSNR (dB).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
+@click.option("--source-root", "source_roots", multiple=True,
+              help="Re-read sources only under this folder/bucket prefix (repeatable; replaces the roots the archive "
+                   "records; archives of format 1 record none).")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON.")
 def audit(archive: str | None, manifest: str | None, sample_size: int | None, seed: int | None, network: str | None,
           encoder: str | None, report: str | None, max_psnr_drop: float | None, min_psnr: float | None,
-          device: str | None, as_json: bool) -> None:
+          device: str | None, source_roots: tuple[str, ...], as_json: bool) -> None:
     """Audit ARCHIVE: integrity, compatibility, determinism and quality. Exit status 1 on problems."""
     from sg3archive.audit.record import audit_job, summary_lines
     from sg3archive.pipeline.jobs import AuditJob
 
     job = _job_or_flags(AuditJob, manifest, dict(archive=archive, sample_size=sample_size, seed=seed, network=network,
-                                                 encoder=encoder, report=report, device=device))
+                                                 encoder=encoder, report=report, device=device,
+                                                 source_roots=list(source_roots) or None))
     overrides = {k: v for k, v in (("max_psnr_drop", max_psnr_drop), ("min_psnr", min_psnr)) if v is not None}
     if overrides:
         job = job.model_copy(update={"thresholds": job.thresholds.model_copy(update=overrides)})

@@ -133,3 +133,24 @@ def test_allowed_source_rules(tmp_path) -> None:
     assert allowed_source("s3://b/k/x.png", ["gs://b/k"]).read is None
     assert allowed_source("s3://b/list/x.png", ["s3://b/list/uris.txt"]).read == "s3://b/list/x.png"
     assert "records no source root" in allowed_source(f"{base}/sub/a.png", []).reason
+
+
+def test_cli_source_root_replaces_the_recorded_roots(crafted, tmp_path) -> None:
+    """`audit --source-root DIR` reads sources only under DIR: the archive's own sources, outside
+    it, are listed as refused instead of compared."""
+    import json
+
+    from click.testing import CliRunner
+
+    from sg3archive.cli import main
+
+    archive, src, uris, requests, _ = crafted
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    res = CliRunner().invoke(main, ["audit", str(archive), "--device", "cpu", "--sample", "8", "--json",
+                                    "--source-root", str(elsewhere)])
+    record = json.loads(res.stdout)
+    assert record["compared"] == 0, record
+    refused = [u for u in record["unverified_sources"] if u["kind"] == "refused"]
+    assert len(refused) == 5 and not requests
+    assert all("source_roots" in u["reason"] or "http" in u["reason"] for u in refused), refused
