@@ -113,3 +113,18 @@ def test_cli_refuses_destinations_in_memory(args) -> None:
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
     assert "would vanish when this command exits" in res.stderr and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(("text", "fragment"), [
+    ("batch_size: " + "9" * 6000 + "\n", "a number of 6000 digits"),
+    ("storage_options: " + "[" * 5000 + "]" * 5000 + "\n", "nested more than"),
+    ("storage_options: " + "{a: " * 3000 + "1" + "}" * 3000 + "\n", "nested more than"),
+    ("~: 1\n", "None is not a setting name"),
+    ("? [a, b]\n: 1\n", "a key must be a plain value"),
+])
+def test_hostile_manifests_end_in_one_plain_line(tmp_path, text, fragment) -> None:
+    """Values Python itself refuses (huge integers, deep nesting, non-text keys) are manifest
+    errors, not internal ones."""
+    res = CliRunner().invoke(main, ["compress", "--manifest", str(write(tmp_path, text))])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit), res.output
+    assert fragment in res.stderr and "bug" not in res.stderr and "Traceback" not in res.output, res.stderr

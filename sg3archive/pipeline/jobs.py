@@ -189,6 +189,9 @@ def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
 def make_job(kind: type[_Spec], values: dict[str, Any], manifest: str | Path | None = None) -> Any:
     """Validate ``values`` as a job of ``kind``; raise :class:`JobError` listing every problem in
     the user's words (flags and arguments, and the manifest's keys when ``manifest`` is given)."""
+    odd = [repr(k) for k in values if not isinstance(k, str)]
+    if odd:
+        raise JobError(f"{', '.join(odd[:3])} is not a setting of this job (keys are names such as destination)")
     try:
         return kind(**values)
     except ValidationError as exc:
@@ -216,5 +219,9 @@ def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any)
         raise JobError(f"job manifest {url} is not valid YAML ({' '.join(str(exc).split())})") from None
     if not isinstance(doc, dict):
         raise JobError(f"job manifest {url} must be a mapping of settings")
+    odd = [repr(k) for k in doc if not isinstance(k, str)]
+    if odd:
+        raise JobError(f"job manifest {url}: {', '.join(odd[:3])} is not a setting name; keys are names such as "
+                       "destination or shard_size")
     doc.update({k: v for k, v in overrides.items() if v is not None})
     return make_job(kind, doc, manifest=url)

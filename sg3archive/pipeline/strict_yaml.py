@@ -18,6 +18,8 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode
 
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_DEPTH = 16  # job settings nest two levels (thresholds, storage options' client_kwargs)
+MAX_INT_DIGITS = 30  # beyond any count, size or seed a job takes (seeds are < 2**63: 19 digits)
 
 _BOOL = "tag:yaml.org,2002:bool"
 _INT = "tag:yaml.org,2002:int"
@@ -41,7 +43,14 @@ class _StrictLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise StrictYAMLError(f"{_where(event.start_mark)}: anchors and aliases (&name, *name) are not allowed "
                                   "in a job manifest; write the value out")
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise StrictYAMLError(f"{_where(event.start_mark)}: values are nested more than {MAX_DEPTH} deep; "
+                                      "a job manifest is a few flat settings")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
         seen: set[Any] = set()
@@ -57,7 +66,11 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
     def construct_decimal_int(self, node: yaml.ScalarNode) -> int:
-        return int(self.construct_scalar(node))
+        text = self.construct_scalar(node)
+        if len(text.lstrip("+-")) > MAX_INT_DIGITS:
+            raise StrictYAMLError(f"{_where(node.start_mark)}: a number of {len(text)} digits; no setting takes one "
+                                  f"longer than {MAX_INT_DIGITS}")
+        return int(text)
 
 
 _StrictLoader.yaml_implicit_resolvers = {
