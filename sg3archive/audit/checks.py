@@ -365,8 +365,9 @@ def _reachable_source(row: dict, resolution: int, storage_options: dict | None,
     """``(fitted source, None)`` when the source may be read (:mod:`sg3archive.audit.sources`:
     under the job's ``policy.roots``, else the row's recorded ``source_root``), can still be read
     and its sha256 is the recorded one; else ``(None, {id, uri, kind, reason})`` with kind
-    ``refused`` (not read: outside the roots, http(s), a symlink out), ``missing``, ``changed``
-    or ``unreadable``."""
+    ``refused`` (not read: outside the roots, a scheme the audit does not read, http(s) unless
+    allowed, a symlink out), ``missing``, ``changed`` or ``unreadable`` (any error reading or
+    decoding it: one source's failure is recorded, the audit goes on)."""
     uri = fmt.exact_uri(row)  # a surrogateescape str for a name that is not UTF-8
     exact = row.get("source_uri_bytes") is not None
     recorded_root = fmt.unstored_text(row["source_root"]) if exact and row.get("source_root") else row.get("source_root")
@@ -380,11 +381,11 @@ def _reachable_source(row: dict, resolution: int, storage_options: dict | None,
     decision = allowed_source(uri, roots, policy.allow_http, recorded=recorded)
     if decision.read is None:
         return unverified("refused", decision.reason or f"source not read: {uri}")
-    try:
+    try:  # decision.read is exactly what allowed_source checked: a local real path, or the URI itself
         data = read_bytes(decision.read, storage_options)
     except FileNotFoundError:
         return unverified("missing", f"source missing: {uri}")
-    except (OSError, Sg3ArchiveError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any backend's failure (EOFError, aiohttp, ftplib…) is this source's
         return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
     found = sha256_hex(data)
     if found != row["source_sha256"]:
@@ -392,7 +393,7 @@ def _reachable_source(row: dict, resolution: int, storage_options: dict | None,
     try:
         img = decode_image(data)
         square = refit(img.rgb, FitInfo.from_json(row["fit"]))  # the square exactly as compress made it
-    except (Sg3ArchiveError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a decoder's failure on one source never ends the audit
         return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
     return to_tensor(square), None
 

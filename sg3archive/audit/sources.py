@@ -14,18 +14,31 @@ found in the archive's history. :func:`allowed_source` decides before any reques
   ``..`` segment anywhere;
 * on the local disk symlinks are resolved: the source's real path must lie under the root's real
   path, and it must be a regular file (never a FIFO or a device, which could block or never end);
-* ``http://`` and ``https://`` sources are refused unless ``allow_http_sources`` is set.
+* an allowlist of schemes, never a denylist (:func:`scheme_refusal`): a local path, ``file://`` or
+  ``local://``; a single URL of an object store in :data:`OBJECT_STORE_SCHEMES`; ``http://`` and
+  ``https://`` only when ``allow_http_sources`` is set. Anything else (ftp, sftp, memory, data:, an
+  fsspec ``a::b`` chain such as ``simplecache::http://``) is refused by its scheme, never opened:
+  each such filesystem would make its own requests. The same rule applies to the roots.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 from dataclasses import dataclass
 
 from sg3archive.store.format import source_root as full_url
+from sg3archive.store.inputs import local_path
 
+LOCAL_SCHEMES = ("file", "local")
+# The object stores the project supports as sources (s3fs, gcsfs, adlfs): one request per object,
+# to the store the storage_options name. Nothing else that fsspec knows is read by the audit.
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl")
 HTTP_SCHEMES = ("http", "https")
+# A URL's scheme as written: one name, or an fsspec chain of names ("simplecache::http"), before
+# "://", "::" or a bare ":" (data:...).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*(?:::[A-Za-z][A-Za-z0-9+.\-]*)*)(://|::|:)")
 LIST_SUFFIXES = (".txt", ".lst")  # a compress SRC that is a URI list: its entries sit beside it
 
 
@@ -43,14 +56,46 @@ class Location:
         return [s for s in self.path.split("/") if s]
 
 
+def scheme_refusal(url: str, allow_http: bool = False) -> str | None:
+    """Why the audit must not open ``url`` because of its scheme (naming it), or None when the
+    scheme is allowed: a local path, ``file://``/``local://``, one of :data:`OBJECT_STORE_SCHEMES`
+    with no ``::`` anywhere, or http(s) with ``allow_http``. An allowlist: whatever fsspec (or a
+    plugin) may add later stays refused."""
+    if url.startswith("/"):
+        return None  # a local absolute path; "::" in it is part of a file name
+    match = _SCHEME.match(url)
+    if match is None:
+        return "it is not a URL the audit reads (no scheme, not an absolute local path)"
+    scheme, sep = match.group(1), match.group(2)
+    lower = scheme.lower()
+    stores = ", ".join(f"{s}://" for s in OBJECT_STORE_SCHEMES)
+    readable = f"local files, {stores} and, with allow_http_sources, http(s)://"
+    if "::" in scheme or sep == "::":
+        return (f"it is a chained fsspec URL (scheme {scheme}{sep}); the audit reads only single URLs "
+                f"({readable})")
+    if sep != "://":
+        return f"its scheme {scheme}: is not one the audit reads ({readable})"
+    if lower in LOCAL_SCHEMES:
+        return None  # everything after "file://" is the path, whatever it holds
+    if "::" in url:
+        return f"this {lower}:// URL holds '::' (an fsspec chain); the audit reads only single URLs"
+    if lower in OBJECT_STORE_SCHEMES:
+        return None
+    if lower in HTTP_SCHEMES:
+        return None if allow_http else (f"it is an http(s) URL (scheme {lower}://); set allow_http_sources: true "
+                                         "in the audit job to read such sources")
+    return f"its scheme {lower}:// is not one the audit reads ({readable})"
+
+
 def split_url(url: str) -> Location | None:
     """``url`` as a :class:`Location`, or None when it is no URL or path this check understands.
-    Nothing is percent-decoded: sources are recorded as fsspec names them, literally."""
+    Nothing is percent-decoded: sources are recorded as fsspec names them, literally. Says
+    nothing about whether the scheme may be read (:func:`scheme_refusal`)."""
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep or url.startswith("/"):
         return Location("file", "", os.path.abspath(url).rstrip("/") or "/") if url.startswith("/") else None
     scheme = scheme.lower()
-    if scheme in ("file", "local"):
+    if scheme in LOCAL_SCHEMES:
         if rest.startswith("localhost/"):
             rest = rest[len("localhost"):]
         if not rest.startswith("/"):
@@ -83,7 +128,9 @@ def _under(path: str, base: str) -> bool:
 
 @dataclass(frozen=True)
 class Decision:
-    """``read``: what to read (a local real path, or the URI) when allowed; else ``reason``."""
+    """``read``: what to read when allowed, exactly as checked (a local real path that
+    :func:`~sg3archive.store.inputs.read_bytes` opens as that path, or the single allowed URI);
+    else ``reason``."""
 
     read: str | None
     reason: str | None = None
@@ -93,26 +140,26 @@ def allowed_source(uri: str, roots: list[str], allow_http: bool = False, recorde
     """Whether the audit may read ``uri`` given the allowed ``roots`` (full URLs); ``recorded``
     says whether those are the archive's recorded roots or the job's (for the message)."""
     where = "the archive's recorded source root" if recorded else "the audit job's source_roots"
+    refusal = scheme_refusal(uri, allow_http)
+    if refusal is not None:
+        return Decision(None, f"source not read: {uri}: {refusal}")
     loc = split_url(uri)
     if loc is None:
         return Decision(None, f"source not read: {uri} is not a URL the audit reads (no scheme, or another host's file)")
-    if loc.scheme in HTTP_SCHEMES and not allow_http:
-        return Decision(None, f"source not read: {uri} is an http(s) URL; set allow_http_sources: true in the "
-                              "audit job to read such sources")
     if any(s in (".", "..") for s in loc.path.split("/")):
         return Decision(None, f"source not read: {uri} has a '.' or '..' path segment")
     if not roots:
         return Decision(None, f"source not read: {uri}: its row records no source root (archive format version 1); "
                               "name the folders to read in the audit job's source_roots")
     for root in roots:
-        base = split_url(root)
+        base = split_url(root) if scheme_refusal(root, allow_http) is None else None  # a chain admits nothing
         if base is None or base.scheme != loc.scheme or base.host != loc.host:
             continue
         base = base if _under(loc.path, base.path) else _base(base)
         if not _under(loc.path, base.path) or any(s in (".", "..") for s in base.path.split("/")):
             continue
         if loc.scheme != "file":
-            return Decision(uri)
+            return Decision(uri)  # read_bytes hands it to fsspec as is: one unchained, allowed scheme
         return _local(uri, loc.path, base.path, where, root)
     shown = ", ".join(roots[:3]) + (f" (+{len(roots) - 3} more)" if len(roots) > 3 else "")
     return Decision(None, f"source not read: {uri} is outside {where} ({shown})")
@@ -122,6 +169,8 @@ def _local(uri: str, path: str, base: str, where: str, root: str) -> Decision:
     """A local source under ``base`` by name: its real path must be too (no symlink out), and it
     must be a regular file. A missing file is allowed (reading it reports it missing)."""
     real, top = os.path.realpath(path), os.path.realpath(base)
+    if local_path(real) != real:  # read_bytes must open exactly the path checked here, never parse it as a URL
+        return Decision(None, f"source not read: {uri}: its real path {real} would not be read as that local path")
     if os.path.commonpath([real, top]) != top:
         return Decision(None, f"source not read: {uri} leads outside {where} ({root}) through a symlink "
                               f"(its real path is {real})")
