@@ -17,6 +17,7 @@ import pickle
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import torch
 import sg3archive
 from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
 from sg3archive.checkpoints.network_file import save_networks
-from sg3archive.checkpoints.official_pickle import read_official_pickle
+from sg3archive.checkpoints.official_pickle import MAX_PICKLE_OBJECTS, count_opcodes, read_official_pickle
 from sg3archive.errors import NetworkFormatError, Sg3ArchiveError
 from sg3archive.networks import Generator
 from sg3archive.networks.bounds import (
@@ -49,8 +50,9 @@ TINY_E = dict(num_ws=4, w_dim=8, img_resolution=16, channels=[8, 8], width=1.0)
 
 # ---- crafting: legacy torch storages, tensors and official-format records ----
 
-def legacy_storage(declared: int, payload: bytes, *, keys: tuple[str, ...] = ("k",)) -> bytes:
-    """A legacy ``torch.save`` stream for one float32 storage that declares ``declared`` elements."""
+def legacy_storage(declared: int, payload: bytes, *, keys: tuple[str, ...] = ("k",), pad: int = 0) -> bytes:
+    """A legacy ``torch.save`` stream for one float32 storage that declares ``declared`` elements
+    (``pad``: that many empty lists added to its system-info header, which torch's reader ignores)."""
 
     marker = object()
 
@@ -59,7 +61,8 @@ def legacy_storage(declared: int, payload: bytes, *, keys: tuple[str, ...] = ("k
             return ("storage", torch.FloatStorage, "k", "cpu", declared, None) if obj is marker else None
 
     out = io.BytesIO()
-    for header in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}):
+    sys_info = {"protocol_version": 1001, "little_endian": True, **({"pad": [[] for _ in range(pad)]} if pad else {})}
+    for header in (0x1950A86A20F9469CFC6C, 1001, sys_info):
         pickle.dump(header, out, protocol=2)
     _Pickler(out, protocol=2).dump(marker)
     pickle.dump(list(keys), out, protocol=2)
@@ -101,6 +104,18 @@ def shared_kwargs_bomb(levels: int = 60) -> bytes:
     for _ in range(levels):
         nested = [nested, nested]
     return generator_pickle({**TINY_G, "mapping_kwargs": {"num_layers": nested}})
+
+
+# 1-byte opcodes that each make a Python object; none of them is a call the reader charges for.
+FLOOD_OPCODES = {"EMPTY_SET": b"\x8f", "EMPTY_LIST": b"]", "EMPTY_DICT": b"}", "MARK": b"(", "NONE+APPEND": b"N"}
+
+
+def opcode_flood(name: str, count: int) -> bytes:
+    """A protocol-4 pickle of ``count`` one-byte object-making opcodes (``NONE+APPEND``: a list
+    followed by None, APPEND pairs)."""
+    if name == "NONE+APPEND":
+        return b"\x80\x04]" + b"Na" * (count // 2) + b"."
+    return b"\x80\x04" + FLOOD_OPCODES[name] * count + b"."
 
 
 def tiny_network_dir(root: Path, *, nan: bool = False) -> Path:
@@ -149,6 +164,8 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
     pkl("pickle: stride 0, 2**30 elements", generator_pickle(TINY_G, params={"w": tensor(one, (2**30,), (0,))}))
     pkl("pickle: channel_max 2**15", generator_pickle({**TINY_G, "channel_base": 2**17, "channel_max": 2**15}))
     pkl("pickle: num_layers 200000", generator_pickle({**TINY_G, "num_layers": 200_000}))
+    for op in ("EMPTY_SET", "EMPTY_LIST", "MARK"):
+        pkl(f"pickle: 8 MB of {op} opcodes", opcode_flood(op, 8 << 20))
 
     def net(name: str, make) -> None:
         cases[name] = ("network", str(make(folder / re.sub(r"[^A-Za-z0-9]+", "_", name))))
@@ -271,7 +288,8 @@ def isolated_results(tmp_path_factory) -> dict[str, dict]:
 FULL_SIZE_CASES = [
     "pickle: shared-module bomb", "pickle: shared-kwargs bomb", "pickle: 8 GB storage, 16 bytes",
     "pickle: unfilled 8 GB storage", "pickle: stride 0, 2**30 elements", "pickle: channel_max 2**15",
-    "pickle: num_layers 200000", "directory: weights -> /dev/zero", "directory: 4 GB weights file",
+    "pickle: num_layers 200000", "pickle: 8 MB of EMPTY_SET opcodes", "pickle: 8 MB of EMPTY_LIST opcodes",
+    "pickle: 8 MB of MARK opcodes", "directory: weights -> /dev/zero", "directory: 4 GB weights file",
     "directory: index names ../", "directory: channel_max 2**15", "encoder: weights -> /dev/zero",
     "encoder: channels 4096 x 16",
 ]
@@ -304,6 +322,54 @@ def test_shared_module_tree_is_refused_without_walking_it(tmp_path: Path) -> Non
 def test_shared_kwargs_are_bounded(tmp_path: Path) -> None:
     with pytest.raises(NetworkFormatError, match="more than 10000 values"):
         sg3archive.load_network(_write(tmp_path, shared_kwargs_bomb(levels=14)))
+
+
+TOO_MANY_OBJECTS = (
+    rf"a pickle of more than {MAX_PICKLE_OBJECTS:,} objects.* is far beyond any StyleGAN3 snapshot "
+    r"\(at most about 60,000\); the file is damaged or hostile\.$"
+)
+
+
+@pytest.mark.parametrize("op", sorted(FLOOD_OPCODES))
+def test_opcode_flood_is_refused_before_unpickling(tmp_path: Path, op: str, monkeypatch) -> None:
+    """Red-team F2: one object per byte, no call charged. Refused by counting, before any object is made."""
+    import sg3archive.checkpoints.official_pickle as official
+
+    path = _write(tmp_path, opcode_flood(op, MAX_PICKLE_OBJECTS + 1))
+    monkeypatch.setattr(official, "_SnapshotUnpickler", None)  # any attempt to unpickle would fail untyped
+    with pytest.raises(NetworkFormatError, match=re.escape(repr(str(path))) + ": " + TOO_MANY_OBJECTS) as info:
+        sg3archive.load_network(path)
+    assert "\n" not in str(info.value)
+
+
+def test_opcode_flood_in_a_storage_header_is_refused() -> None:
+    """The small pickles heading each tensor storage share the file's budget (they are unpickled too)."""
+    flood = b"\x80\x02" + b"]" * MAX_PICKLE_OBJECTS + b"."
+    with pytest.raises(NetworkFormatError, match=r"counting the headers of its tensor storages\) is far beyond"):
+        read_official_pickle(_dumps({"t": tensor(flood + legacy_storage(1, b"\0" * 4), (1,), (1,))}))
+    # Valid storages whose headers hold 5,000 lists each (10,000 opcodes): fine one by one, not 40 of them.
+    storages = [_Reduce(torch.storage._load_from_bytes, (legacy_storage(1, struct.pack("<f", i), pad=5_000),))
+                for i in range(40)]
+    assert len(read_official_pickle(_dumps({"s": storages[:5]}))["s"]) == 5
+    with pytest.raises(NetworkFormatError, match=r"counting the headers of its tensor storages\)"):
+        read_official_pickle(_dumps({"s": storages}))
+
+
+def test_opcode_count_matches_pickletools_and_official_snapshots_fit(sg3_reference_dir: Path) -> None:
+    """The counter skips arguments by length; it must agree with pickletools on every protocol."""
+    import pickletools
+
+    value = {"s": "line\nbreak é", "b": b"\0" * 300, "big": bytes(70_000), "n": [2**70, -1, 3.5, None, True],
+             "t": (1, 2), "fs": frozenset({1}), "ba": bytearray(b"xy"), "g": collections.OrderedDict(a=1)}
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        data = pickle.dumps(value, protocol=protocol)
+        assert count_opcodes(data, 10**6) == sum(1 for _ in pickletools.genops(data)), protocol
+    assert count_opcodes(opcode_flood("MARK", 1000), 10) == 11  # stops counting past the limit
+    for folder in ("t64", "r64"):
+        data = (sg3_reference_dir / folder / "network-snapshot.pkl").read_bytes()
+        assert count_opcodes(data, MAX_PICKLE_OBJECTS) == sum(1 for _ in pickletools.genops(data))
+        assert count_opcodes(data, MAX_PICKLE_OBJECTS) < MAX_PICKLE_OBJECTS // 10  # 27,000 of 300,000
+        assert read_official_pickle(data)["G_ema"].class_name == "Generator"
 
 
 @pytest.mark.parametrize(

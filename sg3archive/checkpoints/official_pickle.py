@@ -38,6 +38,15 @@ except ImportError:  # pragma: no cover - numpy 1.x
 _MAX_DEPTH = 64  # far deeper than any real network; stops self-referencing data early
 _MAX_KWARG_NODES = 10_000  # values in one module's constructor arguments (official: about 20)
 _UNBOUNDED = 1 << 62
+# Opcodes a file may hold, its main pickle and the small pickles heading each tensor storage together.
+# Each opcode makes at most one Python object (an empty set, ~220 bytes, is the largest), so this
+# caps what a crafted file of 1-byte opcodes can build at about 70 MB. The reference snapshots in
+# shared/fixtures/sg3_reference (64², G + G_ema + D, 97 modules, 275 storages) hold about 27,200
+# main opcodes plus 15,500 in storage headers (56 per storage); the largest official configuration
+# (1024², stylegan3-r, conditional, 8 mapping layers, G + G_ema + D + augment_pipe: about 140
+# modules and 390 storages) comes to about 60,000, so this leaves a margin of five.
+MAX_PICKLE_OBJECTS = 300_000
+_LARGEST_OFFICIAL_OBJECTS = "60,000"
 _ADVICE = (
     "If the file came from a fork you trust, convert it on a machine where you trust it "
     "with `sg3archive import-network`."
@@ -210,6 +219,86 @@ def _build_allowed(inst: Any, state: Any) -> bool:
     return False
 
 
+# ---- counting opcodes without building anything ----
+#
+# Every opcode makes at most one object, and no opcode is charged per se by the unpickler, so a
+# file of 1-byte opcodes (EMPTY_SET, EMPTY_LIST, MARK, ...) would build one object per byte. The
+# opcodes are therefore counted before unpickling: arguments are skipped by their declared length
+# (a tensor's megabytes of BINBYTES are one step), and counting stops at the cap.
+
+_STOP, _UNKNOWN, _ONE_LINE, _TWO_LINES, _LEN1, _LEN4, _LEN4U, _LEN8U = -8, -7, -1, -6, -2, -3, -4, -5
+
+
+def _arg_skip_table() -> list[int]:
+    """For each opcode byte: its fixed argument length (>= 0), or one of the negative kinds above."""
+    kinds = {
+        pickletools.UP_TO_NEWLINE: _ONE_LINE, pickletools.TAKEN_FROM_ARGUMENT1: _LEN1,
+        pickletools.TAKEN_FROM_ARGUMENT4: _LEN4, pickletools.TAKEN_FROM_ARGUMENT4U: _LEN4U,
+        pickletools.TAKEN_FROM_ARGUMENT8U: _LEN8U,
+    }
+    table = [_UNKNOWN] * 256
+    for op in pickletools.opcodes:
+        arg = op.arg
+        if op.code == pickle.STOP.decode("latin-1"):
+            table[ord(op.code)] = _STOP
+        elif arg is None:
+            table[ord(op.code)] = 0
+        elif arg.name == "stringnl_noescape_pair":  # GLOBAL and INST: "module\nname\n"
+            table[ord(op.code)] = _TWO_LINES
+        else:
+            table[ord(op.code)] = arg.n if arg.n >= 0 else kinds[arg.n]
+    return table
+
+
+_ARG_SKIP = _arg_skip_table()
+
+
+def count_opcodes(data: bytes, limit: int) -> int:
+    """Opcodes of the pickle in ``data`` up to its STOP, or ``limit + 1`` once there are more than ``limit``.
+
+    Nothing is decoded or built. Counting also ends at an unknown opcode or a truncated argument,
+    exactly where the unpickler will fail, so it never runs more opcodes than were counted here.
+    The loop is kept tight (about 0.3 µs an opcode): the cap is reached within a tenth of a second.
+    """
+    table, size, pos, count = _ARG_SKIP, len(data), 0, 0
+    while count <= limit and pos < size:
+        skip = table[data[pos]]
+        pos += 1
+        count += 1
+        if skip >= 0:  # no argument, or one of fixed length
+            pos += skip
+        elif skip == _STOP:
+            break
+        elif skip == _UNKNOWN:
+            count -= 1
+            break
+        elif skip == _ONE_LINE or skip == _TWO_LINES:
+            for _ in range(1 if skip == _ONE_LINE else 2):
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    return count
+                pos = newline + 1
+        elif skip == _LEN1:
+            if pos >= size:
+                break
+            pos += 1 + data[pos]
+        else:
+            width = 8 if skip == _LEN8U else 4
+            length = int.from_bytes(data[pos : pos + width], "little", signed=skip == _LEN4)
+            if length < 0:
+                break
+            pos += width + length
+    return min(count, limit + 1)
+
+
+def _too_many_objects(where: str = "") -> NetworkFormatError:
+    """The one-line refusal of a pickle over ``MAX_PICKLE_OBJECTS`` (``where``: which part counted)."""
+    return NetworkFormatError(
+        f"a pickle of more than {MAX_PICKLE_OBJECTS:,} objects{where} is far beyond any StyleGAN3 snapshot "
+        f"(at most about {_LARGEST_OFFICIAL_OBJECTS}); the file is damaged or hostile."
+    )
+
+
 # ---- torch storages: parsed here from the bytes in the file, never left uninitialised ----
 #
 # ``torch.storage._load_from_bytes(blob)`` gets a complete legacy ``torch.save`` stream: five small
@@ -265,11 +354,17 @@ class _StorageUnpickler(pickle.Unpickler):
         return _StorageId()
 
 
-def _next_pickle(blob: bytes, pos: int) -> tuple[Any, int, list[Any]]:
-    """Vet the opcodes of the pickle starting at ``pos``, then unpickle it; returns (value, end, ids)."""
+def _next_pickle(blob: bytes, pos: int, ctx: _LoadContext) -> tuple[Any, int, list[Any]]:
+    """Vet the opcodes of the pickle starting at ``pos``, then unpickle it; returns (value, end, ids).
+
+    Its opcodes are taken from the file's object budget (``ctx``) before anything is built."""
     stream = io.BytesIO(blob)
     stream.seek(pos)
+    count = 0
     while True:
+        count += 1
+        if count > ctx.objects_left:
+            raise _too_many_objects(" (counting the headers of its tensor storages)")
         code = stream.read(1)
         if not code:
             raise NetworkFormatError("a tensor storage is truncated.")
@@ -287,21 +382,22 @@ def _next_pickle(blob: bytes, pos: int) -> tuple[Any, int, list[Any]]:
         if op.name == "STOP":
             break
     end = stream.tell()
+    ctx.objects_left -= count
     unpickler = _StorageUnpickler(blob[pos:end])
     return unpickler.load(), end, unpickler.ids
 
 
-def _storage_header(blob: bytes) -> tuple[torch.dtype, int, int]:
+def _storage_header(blob: bytes, ctx: _LoadContext) -> tuple[torch.dtype, int, int]:
     """Check the four header pickles and the key list; returns (dtype, element count, data offset)."""
-    magic, pos, _ = _next_pickle(blob, 0)
-    protocol, pos, _ = _next_pickle(blob, pos)
+    magic, pos, _ = _next_pickle(blob, 0, ctx)
+    protocol, pos, _ = _next_pickle(blob, pos, ctx)
     if type(magic) is not int or magic != _LEGACY_MAGIC or type(protocol) is not int or protocol != _LEGACY_PROTOCOL:
         raise NetworkFormatError("a tensor storage is corrupt (it lacks torch's legacy header).")
-    sys_info, pos, _ = _next_pickle(blob, pos)
+    sys_info, pos, _ = _next_pickle(blob, pos, ctx)
     if not isinstance(sys_info, dict) or sys_info.get("little_endian") is not True:
         raise NetworkFormatError("a tensor storage was written big-endian or lacks its system info.")
-    storage, pos, ids = _next_pickle(blob, pos)
-    keys, pos, _ = _next_pickle(blob, pos)
+    storage, pos, ids = _next_pickle(blob, pos, ctx)
+    keys, pos, _ = _next_pickle(blob, pos, ctx)
     pid = ids[0] if len(ids) == 1 else None
     if (
         not isinstance(storage, _StorageId) or type(pid) is not tuple or len(pid) != 6 or pid[0] != "storage"
@@ -317,11 +413,11 @@ def _storage_header(blob: bytes) -> tuple[torch.dtype, int, int]:
     return pid[1], pid[4], pos
 
 
-def _parse_storage(blob: bytes) -> _Storage:
+def _parse_storage(blob: bytes, ctx: _LoadContext) -> _Storage:
     """A storage made from the data bytes of a legacy ``torch.save`` stream (see above)."""
     if blob[:2] == b"PK":
         raise NetworkFormatError("a tensor storage is a torch zip archive, which StyleGAN3 snapshots never contain.")
-    dtype, numel, pos = _storage_header(blob)
+    dtype, numel, pos = _storage_header(blob, ctx)
     nbytes = numel * dtype.itemsize
     if len(blob) < pos + 8 or int.from_bytes(blob[pos : pos + 8], "little") != numel:
         raise NetworkFormatError("a tensor storage's element count does not match its header.")
@@ -343,10 +439,13 @@ class _LoadContext:
     ``tensor_bytes``: all tensor views together may cover at most about twice the file (a view
     repeats no data of its own; official snapshots hold each tensor once). ``work``: elements the
     allowed constructors may copy, so shared sub-structures cannot multiply the work.
+    ``objects_left``: opcodes the storage header pickles may still use (what the main pickle left
+    of ``MAX_PICKLE_OBJECTS``), so neither can build one object per byte of the file.
     """
 
-    def __init__(self, file_size: int) -> None:
+    def __init__(self, file_size: int, objects_left: int = MAX_PICKLE_OBJECTS) -> None:
         self.max_bytes = 2 * file_size + (1 << 20)
+        self.objects_left = objects_left
         self.tensor_bytes = 0
         self.work = 4 * file_size + 100_000
         self.src_digests: dict[int, tuple[str, str]] = {}
@@ -359,7 +458,7 @@ class _LoadContext:
     def load_from_bytes(self, blob: Any) -> _Storage:
         if not isinstance(blob, (bytes, bytearray)):
             raise NetworkFormatError("a tensor storage is not stored as bytes.")
-        return _parse_storage(bytes(blob))
+        return _parse_storage(bytes(blob), self)
 
     def rebuild_tensor_v2(self, storage: Any, storage_offset: Any, size: Any, stride: Any, *_ignored: Any) -> torch.Tensor:
         """View of ``storage``; requires_grad, backward hooks and metadata are ignored (data only)."""
@@ -543,8 +642,11 @@ def _load(data: bytes, label: str) -> dict:
             f"{label} is not a pickle{hint}: it starts with {head!r}. "
             "Pass the network-snapshot.pkl that StyleGAN3 training wrote."
         )
+    count = count_opcodes(data, MAX_PICKLE_OBJECTS)  # before any object exists
+    if count > MAX_PICKLE_OBJECTS:
+        raise NetworkFormatError(f"{label}: {_too_many_objects()}")
     try:
-        obj = _SnapshotUnpickler(io.BytesIO(data), _LoadContext(len(data))).load()
+        obj = _SnapshotUnpickler(io.BytesIO(data), _LoadContext(len(data), MAX_PICKLE_OBJECTS - count)).load()
     except _Refused as exc:
         raise UnsafePickleError(
             f"{label} {exc}, which an official StyleGAN3 snapshot never needs; "
@@ -579,8 +681,9 @@ def read_official_pickle(
     ``G_ema``, ``augment_pipe``) as :class:`PersistentRecord` (or ``None``), other entries as data.
     Raises UnsafePickleError for anything outside the allow-list and NetworkFormatError for a
     file that is not a (complete) snapshot pickle, or that declares more data than it holds.
-    The file is read whole (at most ``MAX_PICKLE_BYTES``) and the work of reading it is bounded
-    by its size.
+    The file is read whole (at most ``MAX_PICKLE_BYTES``), it may hold at most
+    ``MAX_PICKLE_OBJECTS`` opcodes (counted before anything is built), and the work of reading it
+    is bounded by its size.
     """
     data, label = _read_source(source, storage_options)
     return _load(data, label)
