@@ -29,6 +29,7 @@ from sg3archive.store.bounded import (
     UnsafeArchiveFileError,
     check_footer,
     is_local,
+    own_folder,
     read_bounded,
 )
 
@@ -59,8 +60,7 @@ def append_record(result: AuditResult, storage_options: dict | None = None) -> s
     """Write this audit's row; returns its URL. The file's sha256 is part of its name; it is written
     whole under that name in one PUT (or a local rename), so history files are never partial."""
     fs, root = fsspec.core.url_to_fs(result.archive, **(storage_options or {}))
-    folder = posixpath.join(root, AUDIT_DIR)
-    fs.makedirs(folder, exist_ok=True)
+    folder = own_folder(fs, root, AUDIT_DIR, result.archive)  # never write a record through a link out
     rec = result.record()
     m = rec["metrics"]
     row = {"started_at": result.started_at, "passed": result.passed, "seed": result.seed, "sampled": result.sampled,

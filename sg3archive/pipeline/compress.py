@@ -34,6 +34,7 @@ from sg3archive.pipeline.models import Models, load_codec, load_models
 from sg3archive.pixels import to_uint8
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
+from sg3archive.store.bounded import own_folder
 from sg3archive.store.format import ArchiveMismatchError
 from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
 from sg3archive.store.inputs import (
@@ -230,6 +231,7 @@ def prepare(job: CompressJob) -> dict:
         return ArchiveStore.create(job.destination, _settings(job, models, codec), job.storage_options).settings
     coder = "range" if job.coder == "arithmetic" else job.coder
     codec = LatentCodec.fit(_calibration_ws(job, models), profile=job.profile, coder=coder)
+    own_folder(fs, root, CODEC_DIR, job.destination)  # the codec is never written through a link out
     codec.save(codec_url, storage_options=job.storage_options)
     settings = _settings(job, models, codec)
     ArchiveStore.create(job.destination, settings, storage_options=job.storage_options)
@@ -269,8 +271,8 @@ def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPl
     yields one small record per shard (the listing itself is never held in memory)."""
     run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
     fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
-    folder = posixpath.join(root, PLANS_DIR, run_id)
-    fs.makedirs(folder, exist_ok=True)
+    # _plans and _plans/<run> must be the archive's own folders (no link out) before a plan is written.
+    folder = own_folder(fs, root, f"{PLANS_DIR}/{run_id}", job.destination)
     batch: list[str] = []
     index = 0
 

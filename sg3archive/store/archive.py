@@ -38,7 +38,10 @@ from sg3archive.store.bounded import (
     ShardFooter,
     ShardRefusedError,
     UnsafeArchiveFileError,
+    check_shard_schema,
+    check_shard_values,
     file_size,
+    own_folder,
     read_bounded_json,
     read_shard_footer,
 )
@@ -166,8 +169,8 @@ class ArchiveStore:
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         root = root.rstrip("/")
         if backend_of(fs) == "local":
-            for folder in ("", MANIFEST_DIR, SHARDS_DIR):
-                fs.makedirs(f"{root}/{folder}".rstrip("/"), exist_ok=True)
+            for folder in (MANIFEST_DIR, SHARDS_DIR):
+                own_folder(fs, root, folder, url)  # creates the root too; never through a link
         doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created_at": utc_now(), "settings": settings}
         path = f"{root}/{ARCHIVE_FILE}"
         if create_exclusive(fs, path, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")):
@@ -268,7 +271,7 @@ class ArchiveStore:
         if backend_of(self.fs) == "local":
             # A temp name then rename: no partial file ever carries the final name.
             temp = self.shard_path(f"{TEMP_PREFIX}{name}")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
+            own_folder(self.fs, self.root, SHARDS_DIR, self.url)  # never write through a link out
             with open(temp, "xb") as f:
                 f.write(data)
                 f.flush()
@@ -322,8 +325,11 @@ class ArchiveStore:
 
         The file must be a regular file inside ``shards/`` (no symlink out of the archive) with the
         size its record gives, and its Parquet footer must declare the record's rows and sizes
-        plausible for the file (:func:`sg3archive.store.bounded.check_footer`). Checked once per
-        shard and store (shards are immutable).
+        plausible for the file (:func:`sg3archive.store.bounded.check_footer`); the columns the
+        format requires must be required and null-free (:func:`~sg3archive.store.bounded.check_shard_schema`),
+        and its string/binary columns must not expand past the shard caps when read, measured on
+        their dictionaries without expanding them (:func:`~sg3archive.store.bounded.check_shard_values`).
+        Checked once per shard and store (shards are immutable).
 
         Raises:
             FileNotFoundError: the shard file is missing.
@@ -344,11 +350,13 @@ class ArchiveStore:
             raise ShardRefusedError(record.name, f"it has {size} bytes, the manifest says {record.bytes}", self.url)
         try:
             footer = read_shard_footer(self.fs, path, size, record.name)
+            if footer.rows != record.rows:
+                raise ShardRefusedError(record.name, f"its footer declares {footer.rows} rows, the manifest says "
+                                        f"{record.rows}")
+            check_shard_schema(footer.metadata, record.kind, record.name)
+            check_shard_values(self.fs, path, footer, record.name)
         except ShardRefusedError as exc:
             raise ShardRefusedError(record.name, exc.why, self.url, exc.unreadable) from None
-        if footer.rows != record.rows:
-            raise ShardRefusedError(record.name, f"its footer declares {footer.rows} rows, the manifest says "
-                                    f"{record.rows}", self.url)
         with self._footers_lock:
             self._footers[record.name] = footer
         return footer
@@ -467,6 +475,13 @@ class ArchiveStore:
             problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc})")
             return problems
         rows = footer.rows
+        try:
+            check_shard_schema(footer.metadata, record.kind, record.name)
+            check_shard_values(self.fs, path, footer, record.name)
+        except ShardRefusedError as exc:
+            problems.append(f"{record.name}: unreadable as an sg3archive shard ({exc.why})" if exc.unreadable
+                            else f"{record.name}: refused: {exc.why}")
+            return problems
         try:
             doc = read_metadata(footer.metadata.schema.to_arrow_schema())
         except (pa.ArrowException, ArchiveFormatError) as exc:

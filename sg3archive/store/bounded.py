@@ -5,9 +5,19 @@ Archives are read by machines that did not write them. Every metadata file (``ar
 manifest generations, the codec's ``codec.json``/``codec.safetensors``, audit history records) is
 read with :func:`read_bounded`: its size is asked first (``fs.info``) and a file over the cap is
 never read; on a local disk it must be a regular file reached without following a symlink, whose
-real path lies inside the archive. Shards are checked with :func:`check_shard_footer` before any
-row is decoded: the rows and decoded sizes their footers declare must be plausible for the file's
-size.
+real path lies inside the archive. Shards are checked before any row is
+decoded: the rows and decoded sizes their footers declare must be plausible for the file's size
+(:func:`read_shard_footer`); the columns the format requires must be required in the file and hold
+no nulls (:func:`check_shard_schema`); and what the string and binary columns would take once
+read must be plausible too (:func:`check_shard_values`): a value stored once in a Parquet
+dictionary and referenced by every row takes a few bytes in the file and rows × its length in
+memory, so it is measured on the dictionary, never expanded.
+
+Writers never write through a link: every archive folder a writer creates files in is checked by
+:func:`own_folder` first (on a local disk: no symlink, real path inside the archive).
+
+JSON read from an archive refuses ``NaN`` and ``Infinity`` (:func:`loads_strict`): no value of an
+archive file is one, and Python's ``json`` would otherwise read them as floats.
 
 The caps (bytes):
 
@@ -17,7 +27,16 @@ The caps (bytes):
 * ``codec.json``: :data:`CODEC_JSON_CAP` (1 MiB); ``codec.safetensors``: :data:`CODEC_ARRAYS_CAP`
   (256 MiB; the bundled one is 1.6 MB, a 512-wide, 16-layer model about 10 MB);
 * an audit history record: :data:`HISTORY_RECORD_CAP` (16 MiB);
-* a shard footer: :data:`FOOTER_CAP` (16 MiB).
+* a shard footer: :data:`FOOTER_CAP` (16 MiB);
+* a shard's string and binary columns as read (every row's value, dictionary values counted once
+  per row that uses them): at most :data:`SHARD_EXPANSION` × the file's size +
+  :data:`SHARD_EXPANSION_SLACK` (64 × size + 1 MiB) in all, and each value at most its column's
+  cap in :data:`VALUE_CAPS` (checked on dictionary values; a plain chunk counts with its declared
+  decoded size, which bounds its values, and is not read): ``payload`` 1 MiB (a real one is a few
+  hundred bytes); ``source_uri``, ``source_name``, ``source_root``, ``source_uri_bytes`` and a failure's ``reason``
+  64 KiB (far over any path limit); ``fit`` 1 KiB (a JSON box of ~100 bytes); ``recon_thumb``,
+  ids, hashes, fingerprints, ``mode``, ``format``, ``profile``, ``stage`` and ``settings_key``
+  256 bytes (a real one is at most 64). A column the format does not know: :data:`VALUE_CAP_OTHER`.
 """
 
 from __future__ import annotations
@@ -32,10 +51,11 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from sg3archive.store.format import ArchiveFormatError
+from sg3archive.store.format import ArchiveFormatError, schema_for
 
 MiB = 1 << 20
 ARCHIVE_FILE_CAP = 1 * MiB
@@ -56,6 +76,19 @@ SHARD_EXPANSION_SLACK = 1 * MiB
 ROW_GROUP_BYTES_CAP = 256 * MiB
 PARQUET_MAGIC = b"PAR1"
 THRIFT_CONTAINER_CAP = 1 << 20  # elements of any one list in a footer (columns, row groups)
+
+# The longest value each string/binary column may hold (bytes); see the module docstring.
+KiB = 1 << 10
+VALUE_CAPS = {
+    "payload": 1 * MiB,
+    "source_uri": 64 * KiB, "source_name": 64 * KiB, "source_root": 64 * KiB, "source_uri_bytes": 64 * KiB,
+    "reason": 64 * KiB,
+    "fit": 1 * KiB,
+    **{c: 256 for c in ("id", "source_sha256", "payload_sha256", "recon_thumb", "mode", "format", "profile",
+                        "encoder_fingerprint", "generator_fingerprint", "codec_hash", "settings_key", "stage")},
+}
+VALUE_CAP_OTHER = 64 * KiB
+SMALL_VALUES = 256  # values' bytes under which the cheap bounds in _measure are used as they are
 
 
 class UnsafeArchiveFileError(ArchiveFormatError):
@@ -175,13 +208,72 @@ def _read_local(path: str, cap: int, what: str) -> bytes:
         return f.read(cap + 1)
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a value an archive file holds")
+
+
+def loads_strict(raw: bytes | str) -> Any:
+    """JSON of an archive file, refusing ``NaN``, ``Infinity`` and ``-Infinity`` (ValueError),
+    which Python's json would read as floats that no field of an archive file may be."""
+    return json.loads(raw, parse_constant=_no_constant)
+
+
 def read_bounded_json(fs: fsspec.AbstractFileSystem, path: str, cap: int, what: str, root: str | None = None) -> Any:
-    """:func:`read_bounded` then JSON; ArchiveFormatError naming the file when it is not JSON."""
+    """:func:`read_bounded` then JSON (:func:`loads_strict`); ArchiveFormatError naming the file
+    when it is not JSON."""
     raw = read_bounded(fs, path, cap, what, root)
     try:
-        return json.loads(raw)
+        return loads_strict(raw)
     except (ValueError, RecursionError) as exc:
         raise ArchiveFormatError(f"{what} ({path}) is not valid JSON ({exc})") from None
+
+
+# -- folders writers write in ------------------------------------------------------------------
+def own_folder(fs: fsspec.AbstractFileSystem, root: str, folder: str, archive: str | None = None) -> str:
+    """Make sure the archive folder ``folder`` (relative to the archive's ``root``: ``_plans``,
+    ``_plans/<run>``, ``shards``, ``_manifest``, ``codec``, ``_audit``) is the archive's own before
+    anything is written in it, creating what is missing; returns its path on ``fs``.
+
+    On a local disk each part of ``folder`` must be a real folder, not a symlink (a link would send
+    writes outside the archive), and its real path must lie inside the archive's real path; missing
+    parts are created with ``os.mkdir``, which never follows a link. The archive root itself may be
+    reached through a link (the user chose that path). Elsewhere (object stores have no links) the
+    folder is made with ``fs.makedirs``.
+
+    Raises:
+        UnsafeArchiveFileError: a part is a symlink, not a folder, or lies outside the archive.
+    """
+    root = root.rstrip("/")
+    parts = [p for p in folder.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise ValueError(f"archive folder {folder!r} is not a plain relative path")
+    path = "/".join([root, *parts])
+    if not is_local(fs):
+        fs.makedirs(path, exist_ok=True)
+        return path
+    shown = (archive or root).rstrip("/")
+    os.makedirs(root, exist_ok=True)
+    top = os.path.realpath(root)
+    current, name = root, shown
+    for part in parts:
+        current, name = f"{current}/{part}", f"{name}/{part}"
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            pass
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafeArchiveFileError(
+                f"{name} is a symlink (to {os.readlink(current)}); an archive's folders must be its own: "
+                "remove the link")
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchiveFileError(f"{name} is not a folder; an archive's folders must be its own: remove it")
+        real = os.path.realpath(current)
+        if os.path.commonpath([real, top]) != top:
+            raise UnsafeArchiveFileError(
+                f"{name} lies outside the archive (its real path is {real}); an archive's folders must be "
+                "its own: remove the link")
+    return path
 
 
 # -- shards -------------------------------------------------------------------------------------
@@ -261,3 +353,143 @@ def check_footer(metadata: pq.FileMetaData, size: int, name: str) -> None:
         raise refuse(f"its row groups hold {declared:,} rows, its footer says {rows:,}")
     if total > SHARD_EXPANSION * size + SHARD_EXPANSION_SLACK:
         raise refuse(f"its footer declares {_human(total)} decoded from a {_human(size)} file")
+
+
+def check_shard_schema(metadata: pq.FileMetaData, kind: str, name: str) -> None:
+    """Refuse a shard of ``kind`` in which a column the format requires (non-nullable in
+    :func:`sg3archive.store.format.schema_for`) is declared optional, or whose footer statistics
+    count nulls in it: readers take such a column's values as present."""
+    required = [f.name for f in schema_for(kind) if not f.nullable]
+    try:
+        declared = metadata.schema.to_arrow_schema()
+    except (pa.ArrowException, ValueError) as exc:
+        raise ShardRefusedError(name, f"its Parquet schema is unreadable ({' '.join(str(exc).split())})",
+                                unreadable=True) from None
+    for column in required:
+        index = declared.get_field_index(column)
+        if index >= 0 and declared.field(index).nullable:
+            raise ShardRefusedError(name, f"its column {column!r} may hold nulls (the format requires a value)")
+    wanted = set(required)
+    for i in range(metadata.num_row_groups):
+        group = metadata.row_group(i)
+        for j in range(group.num_columns):
+            chunk = group.column(j)
+            if chunk.path_in_schema not in wanted or not chunk.is_stats_set:
+                continue
+            stats = chunk.statistics
+            if stats is not None and stats.has_null_count and stats.null_count > 0:
+                raise ShardRefusedError(name, f"its column {chunk.path_in_schema!r} holds {stats.null_count} null(s) "
+                                        f"in row group {i} (the format requires a value)")
+
+
+def _is_bytes_type(t: pa.DataType) -> bool:
+    return (pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t)
+            or pa.types.is_large_binary(t))
+
+
+def check_shard_values(fs: fsspec.AbstractFileSystem, path: str, footer: ShardFooter, name: str) -> None:
+    """Refuse a shard whose string and binary columns would take, once read, more than
+    :data:`SHARD_EXPANSION` × its size + :data:`SHARD_EXPANSION_SLACK`, or that holds a dictionary
+    value longer than its column's cap (:data:`VALUE_CAPS`).
+
+    Why: a value stored once in a Parquet dictionary and referenced by every row (a "dictionary
+    bomb") takes a few bytes in the file and rows × its length once read, and its footer is honest
+    (the dictionary is small), so :func:`check_footer` cannot see it.
+
+    How: the dictionary-encoded string/binary column chunks (by the footer, or by the header of
+    their first page) are read as dictionary arrays (pyarrow's ``read_dictionary``), one row group
+    at a time, and each dictionary value's length is taken at the rows' indices: memory bounded by
+    the file (dictionaries and one index a row), never by what the rows expand to. Plain chunks
+    are not read (``inspect`` never decodes payloads): one holds its values' bytes in its pages,
+    so it counts with the decoded size its footer declares, which :func:`check_footer` bounds.
+    """
+    try:
+        arrow_schema = footer.metadata.schema.to_arrow_schema()
+    except (pa.ArrowException, ValueError) as exc:
+        raise ShardRefusedError(name, f"its Parquet schema is unreadable ({' '.join(str(exc).split())})",
+                                unreadable=True) from None
+    columns = {f.name for f in arrow_schema
+               if _is_bytes_type(f.type) or (pa.types.is_dictionary(f.type) and _is_bytes_type(f.type.value_type))}
+    if not columns:
+        return
+    budget = SHARD_EXPANSION * footer.size + SHARD_EXPANSION_SLACK
+    total = 0
+    try:
+        with fs.open(path, "rb") as f:
+            # The footer already checked (not a second parse of the file's), so what is read is what
+            # was checked.
+            parquet = pq.ParquetFile(f, metadata=footer.metadata, read_dictionary=sorted(columns))
+            for index in range(footer.metadata.num_row_groups):
+                group = footer.metadata.row_group(index)
+                read = []
+                for j in range(group.num_columns):
+                    chunk = group.column(j)
+                    if chunk.path_in_schema not in columns:
+                        continue
+                    if _has_dictionary(f, chunk, footer.size):
+                        read.append(chunk.path_in_schema)
+                    else:
+                        total += max(0, chunk.total_uncompressed_size)
+                table = parquet.read_row_group(index, columns=read, use_threads=False) if read else None
+                for column in read:
+                    cap = VALUE_CAPS.get(column, VALUE_CAP_OTHER)
+                    for array in table.column(column).chunks:
+                        size, longest = _measure(array)
+                        if longest > cap:
+                            raise ShardRefusedError(
+                                name, f"its column {column!r} holds a value of {_human(longest)} (the most is "
+                                f"{_human(cap)})")
+                        total += size
+                if total > budget:
+                    raise ShardRefusedError(
+                        name, f"its text and binary columns expand to over {_human(total)} from a "
+                        f"{_human(footer.size)} file (the most is {_human(budget)})")
+    except ShardRefusedError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        why = " ".join(str(exc).split())
+        raise ShardRefusedError(name, f"its data does not decode ({why})", unreadable=True) from None
+
+
+# Thrift compact protocol: a PageHeader written by any real writer starts with field 1 (type, an
+# i32) in short form: 0x15, then the zigzag varint of the page type.
+_PAGE_TYPE_FIELD = 0x15
+_PLAIN_PAGE_TYPES = (0, 6)  # zigzag of DATA_PAGE (0) and DATA_PAGE_V2 (3)
+_DICTIONARY_ENCODINGS = ("PLAIN_DICTIONARY", "RLE_DICTIONARY")
+
+
+def _has_dictionary(f: Any, chunk: pq.ColumnChunkMetaData, size: int) -> bool:
+    """Whether a column chunk may hold a dictionary page: its footer says so, or the header of the
+    page it starts with is not plainly a data page (a footer can hide a dictionary page that the
+    reader would still use)."""
+    if chunk.has_dictionary_page or any(e in _DICTIONARY_ENCODINGS for e in chunk.encodings):
+        return True
+    offset = chunk.data_page_offset
+    if not 0 <= offset < size - 2:
+        return True  # let the read say what is wrong
+    f.seek(offset)
+    head = f.read(2)
+    return not (len(head) == 2 and head[0] == _PAGE_TYPE_FIELD and head[1] in _PLAIN_PAGE_TYPES)
+
+
+def _measure(chunk: pa.Array) -> tuple[int, int]:
+    """(bytes all rows of ``chunk`` take as plain values, longest value) without expanding a
+    dictionary array: each dictionary value's length taken at the rows' indices. Cheap bounds
+    (the size of the values' buffer) stand in for the exact figures when they are small."""
+    values = chunk.dictionary if isinstance(chunk, pa.DictionaryArray) else chunk
+    data = values.buffers()[2] if len(values) else None
+    stored = data.size if data is not None else 0  # >= every value's length, >= their sum
+    lengths = None
+    if stored <= SMALL_VALUES:
+        longest = stored
+    else:
+        lengths = pc.cast(pc.binary_length(values), pa.int64())
+        longest = pc.max(lengths).as_py() or 0
+    if not isinstance(chunk, pa.DictionaryArray):
+        return stored, longest
+    rows = len(chunk.indices)
+    if stored * rows <= SMALL_VALUES:
+        return stored * rows, longest
+    if lengths is None:
+        lengths = pc.cast(pc.binary_length(values), pa.int64())
+    return int(pc.sum(pc.take(lengths, chunk.indices)).as_py() or 0), longest

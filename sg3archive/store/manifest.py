@@ -33,7 +33,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
-from sg3archive.store.bounded import MANIFEST_CAP, UnsafeArchiveFileError, read_bounded
+from sg3archive.store.bounded import MANIFEST_CAP, UnsafeArchiveFileError, loads_strict, own_folder, read_bounded
 from sg3archive.store.format import (
     FORMAT_NAME,
     FORMAT_VERSION,
@@ -100,14 +100,41 @@ class ShardRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> "ShardRecord":
-        record = cls(name=str(doc["name"]), kind=str(doc["kind"]), sha256=str(doc["sha256"]),
-                     rows=int(doc["rows"]), bytes=int(doc["bytes"]), committed_at=doc.get("committed_at"))
+    def from_json(cls, doc: Any) -> "ShardRecord":
+        """A record from its manifest JSON, every field checked for its type (ArchiveFormatError):
+        a generation is untrusted input, and a wrong value must read as a damaged generation."""
+        if not isinstance(doc, dict):
+            raise ArchiveFormatError(f"a shard record is a {type(doc).__name__}, not an object")
+        record = cls(name=_text(doc, "name"), kind=_text(doc, "kind"), sha256=_text(doc, "sha256"),
+                     rows=_count(doc, "rows"), bytes=_count(doc, "bytes"),
+                     committed_at=_text(doc, "committed_at", optional=True))
         if record.kind not in KINDS:
             raise ArchiveFormatError(f"shard {record.name!r} has unknown kind {record.kind!r}")
         if not is_plain_name(record.name) or record.name.startswith("."):
             raise ArchiveFormatError(f"shard name {record.name!r} is not a plain file name inside shards/")
         return record
+
+
+def _text(doc: dict[str, Any], key: str, optional: bool = False) -> Any:
+    """``doc[key]`` if it is a string (or, when ``optional``, missing or null); ArchiveFormatError
+    otherwise."""
+    value = doc.get(key) if optional else doc[key]
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise ArchiveFormatError(f"{key!r} is {value!r}, not a string")
+    return value
+
+
+def _count(doc: dict[str, Any], key: str, optional: bool = False) -> Any:
+    """``doc[key]`` if it is a non-negative int (not a bool, not a float; or, when ``optional``,
+    missing or null); ArchiveFormatError otherwise."""
+    value = doc.get(key) if optional else doc[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ArchiveFormatError(f"{key!r} is {value!r}, not a count (a non-negative integer)")
+    return value
 
 
 def is_plain_name(name: str) -> bool:
@@ -154,12 +181,18 @@ class Manifest:
             raise ArchiveFormatError(f"{what} is not an sg3archive manifest")
         check_format_version(doc, what)
         try:
+            if not isinstance(doc["shards"], list):
+                raise ArchiveFormatError(f"'shards' is {type(doc['shards']).__name__}, not a list")
             shards = tuple(ShardRecord.from_json(s) for s in doc["shards"])
-            return cls(generation=int(doc["generation"]), parent=doc.get("parent"),
-                       committed_at=doc.get("committed_at"), shards=shards,
-                       format=doc["format"], format_version=int(doc["format_version"]))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ArchiveFormatError(f"{what} is malformed: {exc!r}") from exc
+            return cls(generation=_count(doc, "generation"), parent=_count(doc, "parent", optional=True),
+                       committed_at=_text(doc, "committed_at", optional=True), shards=shards,
+                       format=_text(doc, "format"), format_version=_count(doc, "format_version"))
+        except NewerFormatError:
+            raise
+        except ArchiveFormatError as exc:
+            raise ArchiveFormatError(f"{what} is malformed: {exc}") from None
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:
+            raise ArchiveFormatError(f"{what} is malformed: {exc!r}") from None
 
 
 EMPTY_MANIFEST = Manifest(generation=0, parent=None, committed_at=None, shards=())
@@ -379,7 +412,7 @@ class ManifestLog:
         except UnsafeArchiveFileError as exc:
             raise unreadable(str(exc)) from None
         try:
-            doc = json.loads(raw)
+            doc = loads_strict(raw)  # NaN/Infinity refused: no manifest field is one
         except (ValueError, RecursionError) as exc:
             cut_off = not raw.rstrip().endswith(b"}")  # a whole generation ends with its closing brace
             raise unreadable("empty" if not raw.strip() else f"not valid JSON ({exc})", cut_off) from None
@@ -467,6 +500,8 @@ class ManifestLog:
         names = [r.name for r in records]
         if len(set(names)) != len(names):
             raise ValueError(f"the same shard is in one commit twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
+        if backend_of(self.fs) == "local":
+            own_folder(self.fs, self.root, MANIFEST_DIR)  # a generation is never written through a link
         delay = BACKOFF_FIRST
         for attempt in range(attempts):
             base, highest = self._latest(self.generations(), patient=True)
