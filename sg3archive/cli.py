@@ -380,7 +380,12 @@ def compress(src: str | None, dest: str | None, manifest: str | None, pattern: s
     job = _job_or_flags(CompressJob, manifest, dict(source=src, destination=dest, pattern=pattern, network=network,
                                                     encoder=encoder, profile=profile, fit=fit, shard_size=shard_size,
                                                     batch_size=batch_size, device=device, refine_steps=refine_steps))
-    summary = run(job, progress=not as_json)
+    try:
+        summary = run(job, progress=not as_json)
+    except OSError as exc:  # sources fail one by one into the failures table: this is the archive's disk
+        from sg3archive.store.safe_write import destination_error
+
+        raise destination_error(job.destination, exc) or exc from None
     click.echo(json.dumps(summary.to_dict(), indent=2, default=str) if as_json else summary.text())
     if not summary.archived_any:
         from sg3archive.pipeline.compress import NothingToArchiveError
@@ -414,12 +419,14 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
 
     Each image goes to DEST/<its path relative to the compressed folder>, suffix set to the
     format (e.g. DEST/more/gray.png), in its source's mode where the format holds it.
-    Nothing is written outside DEST, through a link inside it, or over a source file. Images that
-    cannot be restored (damaged rows, unsafe names) are listed and skipped; the exit status is then 1.
+    Nothing is written outside DEST, through a link inside it, or over a source file (one archived,
+    or one the archive records as a failure). Images that cannot be restored (damaged rows, unsafe
+    names, a shard the archive refuses to read) are listed and skipped; the exit status is then 1.
     """
     from sg3archive.pipeline.jobs import RestoreJob
-    from sg3archive.pipeline.restore import RestoreIncompleteError, printable
+    from sg3archive.pipeline.restore import RestoreIncompleteError, incomplete_text
     from sg3archive.pipeline.restore import restore as run
+    from sg3archive.text import printable
 
     job = _job_or_flags(RestoreJob, manifest, dict(
         archive=archive, destination=dest, ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None,
@@ -431,9 +438,9 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
     click.echo(summary.text())
     if summary.bad:
         click.echo(summary.bad_text(), err=True)
-        raise RestoreIncompleteError(
-            f"{len(summary.bad)} of the selected images could not be restored (listed above; the others were): "
-            f"the archive has damaged rows or unsafe names; `sg3archive inspect {job.archive}` checks it")
+        raise RestoreIncompleteError(printable(
+            f"{incomplete_text(summary.bad)} (listed above; the others were restored): the archive has damaged "
+            f"rows or shards, or unsafe names; `sg3archive audit {job.archive}` checks it"))
 
 
 @main.command()
@@ -444,7 +451,8 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
 def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
     """Counts, sizes, bit allocation, fingerprints and every failure of ARCHIVE (or, with --rows
     or --shards, its images or shards)."""
-    from sg3archive.pipeline.inspect import inspect_archive, iter_rows, list_shards, printable
+    from sg3archive.pipeline.inspect import inspect_archive, iter_rows, list_shards
+    from sg3archive.text import printable
 
     def warn(problems: list[str]) -> None:  # each once, on stderr, before the listing
         for message in dict.fromkeys(problems):

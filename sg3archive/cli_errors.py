@@ -21,6 +21,10 @@ INTERRUPTED = "interrupted — rerun the same command to resume (work already co
 
 _OS_HINTS = {
     errno.ENOSPC: "free some space on that disk (or choose another destination), then rerun the same command to resume",
+    errno.EDQUOT: "your disk quota there is used up; free some space (or choose another destination), then rerun "
+                  "the same command to resume",
+    errno.EFBIG: "the file system refused a file that large (a file-size limit); choose another destination, then "
+                 "rerun the same command to resume",
     errno.EROFS: "that file system is read-only; choose a writable destination",
     errno.EACCES: "you lack permission there; choose another path or fix its permissions",
     errno.EPERM: "you lack permission there; choose another path or fix its permissions",

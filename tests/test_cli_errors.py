@@ -201,3 +201,24 @@ def test_restore_destination_is_a_file(archive, tmp_path) -> None:
     dest.write_text("keep me")
     assert_one_line_error(run("restore", str(archive), str(dest), "--device", "cpu"), "DEST", "is a file")
     assert dest.read_text() == "keep me"
+
+
+def test_compress_onto_a_full_disk_is_one_line_and_resumable(sources, tmp_path) -> None:
+    """A destination that refuses writes (here: a file-size limit, EFBIG, as a full disk gives
+    ENOSPC) ends compress in one line naming DEST; the rerun archives every image once."""
+    import resource
+
+    def limited() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    dest = tmp_path / "archive"
+    cmd = [sys.executable, "-m", "sg3archive.cli", "compress", str(sources), str(dest), "--device", "cpu"]
+    proc = subprocess.run(cmd, cwd=REPO, preexec_fn=limited, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"DEST {dest}" in errors[0] and "rerun" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "Errno" not in proc.stderr
+    res = run("compress", str(sources), str(dest), "--device", "cpu", "--json")
+    assert res.exit_code == 0, res.output
+    assert run("inspect", str(dest), "--rows").output.count("texture_0") == 3

@@ -9,6 +9,7 @@ import fsspec
 from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditResult, Thresholds, run_audit
 from sg3archive.audit.history import append_record, load_history
 from sg3archive.audit.report import render_report
+from sg3archive.text import printable
 
 
 def audit_and_record(archive: str, *, report: str | None = None, thresholds: Thresholds | None = None,
@@ -46,12 +47,12 @@ def summary_lines(rec: dict, report_url: str | None = None, limit: int = 10) -> 
              f"compared with their sources, {len(rec['orphans'])} uncommitted shard files, {rec['seconds']:.1f} s"]
     problems = rec["problems"]
     lines.append(f"  problems ({len(problems)}):" if problems else "  problems: none")
-    lines += [f"    {p}" for p in problems]
+    lines += [f"    {printable(p)}" for p in problems]  # problems quote names from the archive
     unverified = rec["unverified_sources"]
     if unverified:
         lines.append(f"  sources not verified ({len(unverified)}; their quality was not measured; "
                      "not archive damage, so not a failure):")
-        lines += [f"    {u['id']}: {u['reason']}" for u in unverified[:limit]]
+        lines += [f"    {printable(u['id'])}: {printable(u['reason'])}" for u in unverified[:limit]]
         if len(unverified) > limit:
             lines.append(f"    … and {len(unverified) - limit} more (all in --json and the HTML report)")
     for note in rec["notes"]:

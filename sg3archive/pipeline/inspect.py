@@ -139,9 +139,3 @@ def _rows(store: ArchiveStore, records: list) -> Iterator[dict]:
                                                      cols["psnr"]):
                 yield {"id": rid, "name": row_name(name, uri), "source_uri": uri, "payload_bytes": size,
                        "psnr": quality, "shard": record.name}
-
-
-def printable(text: str) -> str:
-    """``text`` safe to print on a terminal: control characters (an archive's names and messages
-    are untrusted; an escape sequence could rewrite the screen) shown as ``\\xNN`` escapes."""
-    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in str(text))
