@@ -139,6 +139,23 @@ def test_bad_value_in_newest_manifest_is_a_damaged_generation(tmp_path, rows) ->
     assert inspect_archive(str(tmp_path))["problems"] == reader.damage
 
 
+def test_a_shard_listed_twice_is_a_damaged_generation(tmp_path) -> None:
+    """A generation naming one shard many times (red team: 10,000 times made inspect count 30,000
+    images and restore run for hours) is damage: reported, and the previous generation is read."""
+    store = ArchiveStore.create(str(tmp_path), SETTINGS)
+    store.commit([store.write_shard(images_table(3), "images")])
+    doc = json.loads((tmp_path / MANIFEST_DIR / "0000000001.json").read_text())
+    doc.update(generation=2, parent=1)
+    doc.pop("checksum")
+    doc["shards"] = doc["shards"] * 1000
+    doc["checksum"] = "sha256:" + hashlib.sha256(_canonical(doc)).hexdigest()
+    (tmp_path / MANIFEST_DIR / "0000000002.json").write_text(json.dumps(doc, indent=1))
+    reader = ArchiveStore.open(str(tmp_path))
+    assert reader.manifest().generation == 1 and len(reader.shards("images")) == 1
+    assert len(reader.damage) == 1 and "more than once" in reader.damage[0]
+    assert inspect_archive(str(tmp_path))["images"] == 3
+
+
 def test_archive_json_with_infinity_is_refused(tmp_path) -> None:
     ArchiveStore.create(str(tmp_path), SETTINGS)
     path = tmp_path / "archive.json"

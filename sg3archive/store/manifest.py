@@ -184,6 +184,11 @@ class Manifest:
             if not isinstance(doc["shards"], list):
                 raise ArchiveFormatError(f"'shards' is {type(doc['shards']).__name__}, not a list")
             shards = tuple(ShardRecord.from_json(s) for s in doc["shards"])
+            seen: set[str] = set()
+            for record in shards:  # a commit never lists a shard twice: a repeat would be read (and counted) twice
+                if record.name in seen:
+                    raise ArchiveFormatError(f"it lists shard {record.name} more than once")
+                seen.add(record.name)
             return cls(generation=_count(doc, "generation"), parent=_count(doc, "parent", optional=True),
                        committed_at=_text(doc, "committed_at", optional=True), shards=shards,
                        format=_text(doc, "format"), format_version=_count(doc, "format_version"))
