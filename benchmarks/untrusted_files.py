@@ -3,9 +3,11 @@
 The cases are the full-size attacks of issue 11 (items 5 and 6): pickles under 7 KB that share
 sub-structures exponentially, storages declaring gigabytes (or never filled), stride-0 views,
 implausible hyperparameters, weights symlinked to /dev/zero, 4 GB weight files, indexes naming
-``../``. ``tests/test_untrusted_networks.py`` crafts them and loads each in a forked child with an
-address-space limit; this script runs that and prints what it measured. Every row should end in
-a typed sg3archive error within 5 s and +200 MB of resident memory.
+``../``; and those of red-team round 2: opcode floods (F2), strs stored at 4 bytes a character by
+one emoji (F4) and 16 MB JSON of ``[{},{},...]`` (F5). ``tests/test_untrusted_networks.py``
+crafts them and loads each in a forked child with an address-space limit; this script runs that
+and prints what it measured. Every row should end in a typed sg3archive error within 5 s and
++200 MB of resident memory (a pickle is read whole first: +1x its size, 100 MB at most here).
 
     python benchmarks/untrusted_files.py
 """

@@ -29,7 +29,14 @@ import torch
 import sg3archive
 from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
 from sg3archive.checkpoints.network_file import save_networks
-from sg3archive.checkpoints.official_pickle import MAX_PICKLE_OBJECTS, count_opcodes, read_official_pickle
+from sg3archive.checkpoints.official_pickle import (
+    MAX_PICKLE_ARG_BYTES,
+    MAX_PICKLE_OBJECTS,
+    MAX_PICKLE_TEXT_BYTES,
+    count_opcodes,
+    read_official_pickle,
+)
+from sg3archive.checkpoints.safe_read import MAX_JSON_BYTES
 from sg3archive.errors import NetworkFormatError, Sg3ArchiveError
 from sg3archive.networks import Generator
 from sg3archive.networks.bounds import (
@@ -118,6 +125,26 @@ def opcode_flood(name: str, count: int) -> bytes:
     return b"\x80\x04" + FLOOD_OPCODES[name] * count + b"."
 
 
+EMOJI = "\U0001F600".encode()  # outside Latin-1 and the BMP: Python stores its whole str at 4 bytes a character
+
+
+def wide_text_pickle(nbytes: int) -> bytes:
+    """Red-team F4: one BINUNICODE of ``nbytes`` of UTF-8, ASCII plus one emoji (a 4-byte-a-character str)."""
+    text = b"a" * (nbytes - len(EMOJI)) + EMOJI
+    return b"\x80\x02X" + struct.pack("<I", len(text)) + text + b"."
+
+
+def many_short_texts_pickle(count: int) -> bytes:
+    """A list of ``count`` SHORT_BINUNICODE strings of 255 bytes each, every one with an emoji."""
+    text = b"a" * (255 - len(EMOJI)) + EMOJI
+    return b"\x80\x04](" + (b"\x8c\xff" + text) * count + b"e."
+
+
+def json_flood(nbytes: int) -> bytes:
+    """Red-team F5: ``[{},{},...]`` of ``nbytes``; ``json.loads`` builds about 20 times that."""
+    return ("[" + "{}," * ((nbytes - 4) // 3) + "{}]").encode()
+
+
 def tiny_network_dir(root: Path, *, nan: bool = False) -> Path:
     """A real network directory with a tiny generator (optionally one weight NaN)."""
     torch.manual_seed(0)
@@ -166,6 +193,8 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
     pkl("pickle: num_layers 200000", generator_pickle({**TINY_G, "num_layers": 200_000}))
     for op in ("EMPTY_SET", "EMPTY_LIST", "MARK"):
         pkl(f"pickle: 8 MB of {op} opcodes", opcode_flood(op, 8 << 20))
+    pkl("pickle: 100 MB str with an emoji", wide_text_pickle(100 << 20))
+    pkl("pickle: 250,000 short strs, emoji", many_short_texts_pickle(250_000))
 
     def net(name: str, make) -> None:
         cases[name] = ("network", str(make(folder / re.sub(r"[^A-Za-z0-9]+", "_", name))))
@@ -186,6 +215,13 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
     net("directory: index names ../", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"].update(weights="../../etc/passwd")))
     net("directory: channel_max 2**15", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"]["init_kwargs"].update(channel_base=2**17, channel_max=2**15)))
 
+    def json_bomb(root: Path) -> Path:
+        tiny_network_dir(root)
+        (root / "network.json").write_bytes(json_flood(16 << 20))
+        return root
+
+    net("directory: 16 MB network.json [{},…]", json_bomb)
+
     def encoder_zero(root: Path) -> Path:
         tiny_encoder_dir(root)
         (root / "encoder.safetensors").unlink()
@@ -198,6 +234,9 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
     doc["init_kwargs"].update(channels=[4096] * 16, width=16.0, img_resolution=2048)
     (root / "encoder.json").write_text(json.dumps(doc))
     cases["encoder: channels 4096 x 16"] = ("encoder", str(root))
+    root = tiny_encoder_dir(folder / "enc_json")
+    (root / "encoder.json").write_bytes(json_flood(16 << 20))
+    cases["encoder: 16 MB encoder.json [{},…]"] = ("encoder", str(root))
     return cases
 
 
@@ -290,8 +329,9 @@ FULL_SIZE_CASES = [
     "pickle: unfilled 8 GB storage", "pickle: stride 0, 2**30 elements", "pickle: channel_max 2**15",
     "pickle: num_layers 200000", "pickle: 8 MB of EMPTY_SET opcodes", "pickle: 8 MB of EMPTY_LIST opcodes",
     "pickle: 8 MB of MARK opcodes", "directory: weights -> /dev/zero", "directory: 4 GB weights file",
-    "directory: index names ../", "directory: channel_max 2**15", "encoder: weights -> /dev/zero",
-    "encoder: channels 4096 x 16",
+    "pickle: 100 MB str with an emoji", "pickle: 250,000 short strs, emoji",
+    "directory: index names ../", "directory: channel_max 2**15", "directory: 16 MB network.json [{},…]",
+    "encoder: weights -> /dev/zero", "encoder: channels 4096 x 16", "encoder: 16 MB encoder.json [{},…]",
 ]
 
 
@@ -372,6 +412,84 @@ def test_opcode_count_matches_pickletools_and_official_snapshots_fit(sg3_referen
         assert read_official_pickle(data)["G_ema"].class_name == "Generator"
 
 
+TOO_LONG = r"a {op} argument of {n} bytes{where} is far beyond any StyleGAN3 snapshot \(at most 1,048,576 outside"
+LINE = b"a" * MAX_PICKLE_ARG_BYTES + EMOJI
+
+
+@pytest.mark.parametrize(
+    ("data", "op", "n"),
+    [
+        (wide_text_pickle(MAX_PICKLE_ARG_BYTES + 1), "BINUNICODE", MAX_PICKLE_ARG_BYTES + 1),
+        (b"\x80\x04\x8d" + struct.pack("<Q", 1 << 40) + b"a" * 64, "BINUNICODE8", 1 << 40),  # truncated too
+        (b"\x80\x02V" + b"a" * MAX_PICKLE_ARG_BYTES + b"\\U0001f600\n.", "UNICODE", "more than 1,048,576"),
+        (b"\x80\x02T" + struct.pack("<i", len(LINE)) + LINE + b".", "BINSTRING", len(LINE)),
+        (b"\x80\x02B" + struct.pack("<I", len(LINE)) + LINE + b".", "BINBYTES", len(LINE)),
+        (b"\x80\x02c" + LINE + b"\nx\n.", "GLOBAL", "more than 1,048,576"),
+    ],
+    ids=["BINUNICODE", "BINUNICODE8", "UNICODE", "BINSTRING", "BINBYTES", "GLOBAL"],
+)
+def test_long_text_is_refused_before_unpickling(tmp_path: Path, monkeypatch, data: bytes, op: str, n) -> None:
+    """Red-team F4: a str of ASCII plus one emoji takes 4 bytes a character (and the pure-Python unpickler
+    copies it first). Each text or bytes argument outside tensor data is measured before any is decoded."""
+    import sg3archive.checkpoints.official_pickle as official
+
+    path = _write(tmp_path, data)
+    monkeypatch.setattr(official, "_SnapshotUnpickler", None)  # any attempt to unpickle would fail untyped
+    count = f"{n:,}" if isinstance(n, int) else n
+    with pytest.raises(NetworkFormatError, match=TOO_LONG.format(op=op, n=count, where="")) as info:
+        sg3archive.load_network(path)
+    assert "\n" not in str(info.value)
+
+
+def test_text_in_all_is_capped_and_storages_are_not(tmp_path: Path, monkeypatch) -> None:
+    """Short strings add up (``MAX_PICKLE_TEXT_BYTES`` in all); a storage's BINBYTES stream is tensor
+    data and may be any size; its header pickles share the text budget and per-argument cap."""
+    import sg3archive.checkpoints.official_pickle as official
+
+    count = MAX_PICKLE_TEXT_BYTES // 255 + 1
+    path = _write(tmp_path, many_short_texts_pickle(count))
+    with monkeypatch.context() as patch:
+        patch.setattr(official, "_SnapshotUnpickler", None)
+        with pytest.raises(NetworkFormatError, match="its text and bytes outside tensor data exceed 16,777,216 bytes"):
+            sg3archive.load_network(path)
+    with pytest.raises(NetworkFormatError, match="holds a list at its top level"):  # under the cap: unpickled
+        read_official_pickle(many_short_texts_pickle(count - 200))
+    values = torch.arange(1 << 19, dtype=torch.float32)  # 2 MiB of data in one BINBYTES
+    loaded = read_official_pickle(_dumps({"t": tensor(legacy_storage(1 << 19, values.numpy().tobytes()), (1 << 19,), (1,))}))
+    assert torch.equal(loaded["t"], values)
+
+    def storage_with_info(info: dict) -> bytes:
+        blob = legacy_storage(1, b"\0" * 4)
+        plain = pickle.dumps({"protocol_version": 1001, "little_endian": True}, protocol=2)
+        assert blob.count(plain) == 1
+        return blob.replace(plain, pickle.dumps({"protocol_version": 1001, "little_endian": True, **info}, protocol=2))
+
+    long_header = storage_with_info({"x": "a" * MAX_PICKLE_ARG_BYTES + "\U0001F600"})
+    where = r" \(in the header of a tensor storage\)"
+    with pytest.raises(NetworkFormatError, match=TOO_LONG.format(op="BINUNICODE", n="1,048,580", where=where)):
+        read_official_pickle(_dumps({"t": tensor(long_header, (1,), (1,))}))
+    storages = [_Reduce(torch.storage._load_from_bytes, (storage_with_info({"x": "a" * (1 << 20)}),)) for _ in range(17)]
+    assert len(read_official_pickle(_dumps({"s": storages[:15]}))["s"]) == 15
+    with pytest.raises(NetworkFormatError, match=r"outside tensor data \(counting the headers of its tensor storages\) exceed"):
+        read_official_pickle(_dumps({"s": storages}))
+
+
+@pytest.mark.parametrize("kind", ["network", "encoder"])
+def test_large_json_is_refused_unparsed(tmp_path: Path, kind: str) -> None:
+    """Red-team F5: ``[{},{},...]`` parses to about 20 times its size before any type check, so
+    network.json and encoder.json (a few KB in real directories) are refused over 1 MiB, unread."""
+    assert MAX_JSON_BYTES == 1 << 20
+    root = tiny_network_dir(tmp_path / "net") if kind == "network" else tiny_encoder_dir(tmp_path / "enc")
+    name = f"{kind}.json"
+    (root / name).write_bytes(json_flood(MAX_JSON_BYTES + 3))
+    expected = rf"{name} is 1\.0 MB, more than the 1\.0 MB a description file can hold"
+    with pytest.raises(NetworkFormatError, match=expected) as info:
+        sg3archive.load_network(root) if kind == "network" else load_encoder(str(root))
+    assert "\n" not in str(info.value)
+    bundled = Path(sg3archive.__file__).parent / "assets" / f"default_{kind}" / name
+    assert bundled.stat().st_size < MAX_JSON_BYTES // 100
+
+
 @pytest.mark.parametrize(
     ("blob", "match"),
     [
@@ -447,7 +565,7 @@ def test_oversize_weights_are_refused_before_reading(tmp_path: Path) -> None:
     root = tiny_network_dir(tmp_path / "net")
     with open(root / "G_ema.safetensors", "ab") as f:
         f.write(b"\0" * (20 << 20))
-    with pytest.raises(NetworkFormatError, match=r"G_ema.safetensors is 20\.\d MB, more than the 16\.\d MB"):
+    with pytest.raises(NetworkFormatError, match=r"G_ema.safetensors is 20\.\d MB, more than the 1\.\d MB"):
         sg3archive.load_network(root)
 
 

@@ -56,7 +56,7 @@ def save_encoder(encoder: torch.nn.Module, url: str, *, generator_fingerprint: s
 def read_encoder_info(url: str, storage_options: dict | None = None) -> dict[str, Any]:
     """The parsed ``encoder.json`` of an encoder directory, every field's type checked.
 
-    The file must be a plain file (no symlink) of at most 16 MB; ``kind`` and ``init_kwargs``
+    The file must be a plain file (no symlink) of at most 1 MiB (``safe_read.MAX_JSON_BYTES``); ``kind`` and ``init_kwargs``
     are checked against ``sg3archive.networks.bounds``.
     """
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))

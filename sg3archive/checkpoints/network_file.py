@@ -195,7 +195,7 @@ def network_from_safetensors(data: bytes, where: str, expected_key: str | None =
 
 
 def read_index(url: str, storage_options: dict | None = None) -> dict[str, Any]:
-    """The ``network.json`` index of a network directory (a plain file of at most 16 MB)."""
+    """The ``network.json`` index of a network directory (a plain file of at most 1 MiB, ``safe_read.MAX_JSON_BYTES``)."""
     fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
     where = f"{url}/{INDEX_NAME}"
     try:

@@ -47,6 +47,17 @@ _UNBOUNDED = 1 << 62
 # modules and 390 storages) comes to about 60,000, so this leaves a margin of five.
 MAX_PICKLE_OBJECTS = 300_000
 _LARGEST_OFFICIAL_OBJECTS = "60,000"
+# Text and bytes arguments outside tensor data. Python keeps a str of non-Latin-1 text at 4 bytes a
+# character (one emoji in ASCII text does it), and the pure-Python unpickler copies each argument
+# first, so one 2 GiB BINUNICODE would hold 10 GB. Official snapshots keep only short names, numpy
+# scalars and each module's source (networks_stylegan2.py, the largest, is tens of KB; the
+# reference fixtures replace it, and their longest string is 35 bytes). Tensor data, the legacy
+# ``torch.save`` streams of BINBYTES arguments, is not limited here: it is parsed as storages.
+MAX_PICKLE_ARG_BYTES = 1 << 20  # one argument, as stored in the file (UTF-8 for text)
+MAX_PICKLE_TEXT_BYTES = 16 << 20  # all of them together, storage headers included
+# How each legacy storage stream starts: its first pickle, torch's magic number (protocol 2).
+_STORAGE_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)
+_BYTES_OPCODES = frozenset((pickle.BINBYTES[0], pickle.SHORT_BINBYTES[0], pickle.BINBYTES8[0]))
 _ADVICE = (
     "If the file came from a fork you trust, convert it on a machine where you trust it "
     "with `sg3archive import-network`."
@@ -251,16 +262,28 @@ def _arg_skip_table() -> list[int]:
 
 
 _ARG_SKIP = _arg_skip_table()
+_OP_NAMES = {ord(op.code): op.name for op in pickletools.opcodes}
 
 
 def count_opcodes(data: bytes, limit: int) -> int:
     """Opcodes of the pickle in ``data`` up to its STOP, or ``limit + 1`` once there are more than ``limit``.
 
-    Nothing is decoded or built. Counting also ends at an unknown opcode or a truncated argument,
-    exactly where the unpickler will fail, so it never runs more opcodes than were counted here.
+    Raises NetworkFormatError for an argument over the limits of :func:`scan_pickle`.
+    """
+    return scan_pickle(data, limit)[0]
+
+
+def scan_pickle(data: bytes, limit: int) -> tuple[int, int]:
+    """(opcodes, argument bytes) of the pickle in ``data``, without decoding or building anything.
+
+    Opcodes are counted up to STOP, or ``limit + 1`` once there are more than ``limit``. Counting
+    also ends at an unknown opcode or a truncated argument, exactly where the unpickler will fail,
+    so it never runs more opcodes than were counted here. Every text or bytes argument except a
+    tensor storage's stream is measured as stored: one over ``MAX_PICKLE_ARG_BYTES``, or all of
+    them over ``MAX_PICKLE_TEXT_BYTES``, raise NetworkFormatError before a str is made of them.
     The loop is kept tight (about 0.3 µs an opcode): the cap is reached within a tenth of a second.
     """
-    table, size, pos, count = _ARG_SKIP, len(data), 0, 0
+    table, size, pos, count, text = _ARG_SKIP, len(data), 0, 0, 0
     while count <= limit and pos < size:
         skip = table[data[pos]]
         pos += 1
@@ -273,22 +296,58 @@ def count_opcodes(data: bytes, limit: int) -> int:
             count -= 1
             break
         elif skip == _ONE_LINE or skip == _TWO_LINES:
+            code = data[pos - 1]
             for _ in range(1 if skip == _ONE_LINE else 2):
-                newline = data.find(b"\n", pos)
+                newline = data.find(b"\n", pos, pos + MAX_PICKLE_ARG_BYTES + 1)
                 if newline < 0:
-                    return count
+                    if size - pos > MAX_PICKLE_ARG_BYTES:
+                        raise _argument_too_long(None, _OP_NAMES[code])
+                    return min(count, limit + 1), text
+                text += newline - pos
+                if text > MAX_PICKLE_TEXT_BYTES:
+                    raise _too_much_text()
                 pos = newline + 1
         elif skip == _LEN1:
             if pos >= size:
                 break
-            pos += 1 + data[pos]
+            length = data[pos]
+            if not (data[pos - 1] in _BYTES_OPCODES and data.startswith(_STORAGE_MAGIC, pos + 1)):
+                text += length
+                if text > MAX_PICKLE_TEXT_BYTES:
+                    raise _too_much_text()
+            pos += 1 + length
         else:
             width = 8 if skip == _LEN8U else 4
             length = int.from_bytes(data[pos : pos + width], "little", signed=skip == _LEN4)
             if length < 0:
                 break
+            if not (data[pos - 1] in _BYTES_OPCODES and data.startswith(_STORAGE_MAGIC, pos + width)):
+                if length > MAX_PICKLE_ARG_BYTES:  # even when truncated: pickle.py decodes what is there
+                    raise _argument_too_long(length, _OP_NAMES[data[pos - 1]])
+                text += length
+                if text > MAX_PICKLE_TEXT_BYTES:
+                    raise _too_much_text()
             pos += width + length
-    return min(count, limit + 1)
+    return min(count, limit + 1), text
+
+
+def _argument_too_long(length: int | None, op_name: str, where: str = "") -> NetworkFormatError:
+    """The one-line refusal of a text or bytes argument over ``MAX_PICKLE_ARG_BYTES`` (``length``:
+    its declared length; None for a line, which is only searched that far for its end)."""
+    size = f"more than {MAX_PICKLE_ARG_BYTES:,}" if length is None else f"{length:,}"
+    return NetworkFormatError(
+        f"a {op_name} argument of {size} bytes{where} is far beyond any StyleGAN3 snapshot "
+        f"(at most {MAX_PICKLE_ARG_BYTES:,} outside tensor data; its longest text, a module's source, "
+        "is tens of KB); the file is damaged or hostile."
+    )
+
+
+def _too_much_text(where: str = "") -> NetworkFormatError:
+    """The one-line refusal of text and bytes arguments together over ``MAX_PICKLE_TEXT_BYTES``."""
+    return NetworkFormatError(
+        f"its text and bytes outside tensor data{where} exceed {MAX_PICKLE_TEXT_BYTES:,} bytes, far beyond "
+        "any StyleGAN3 snapshot (about 100 KB of module source); the file is damaged or hostile."
+    )
 
 
 def _too_many_objects(where: str = "") -> NetworkFormatError:
@@ -354,6 +413,24 @@ class _StorageUnpickler(pickle.Unpickler):
         return _StorageId()
 
 
+def _header_arg_length(blob: bytes, pos: int, name: str) -> int:
+    """Bytes the argument of opcode ``name`` at ``pos`` of a storage header takes in the file (read from
+    its length field, or up to its newlines); at most ``MAX_PICKLE_ARG_BYTES + 1`` for a line."""
+    if name == "BINUNICODE":
+        return int.from_bytes(blob[pos : pos + 4], "little")
+    if name in ("SHORT_BINUNICODE", "LONG1"):
+        return blob[pos] if pos < len(blob) else 0
+    if name == "GLOBAL":
+        end, stop = pos, pos + MAX_PICKLE_ARG_BYTES + 1
+        for _ in range(2):
+            newline = blob.find(b"\n", end, stop)
+            if newline < 0:  # too long, or truncated (which the reader reports)
+                return min(len(blob), stop) - pos
+            end = newline + 1
+        return end - pos
+    return 0  # fixed-size arguments of at most 4 bytes
+
+
 def _next_pickle(blob: bytes, pos: int, ctx: _LoadContext) -> tuple[Any, int, list[Any]]:
     """Vet the opcodes of the pickle starting at ``pos``, then unpickle it; returns (value, end, ids).
 
@@ -373,6 +450,7 @@ def _next_pickle(blob: bytes, pos: int, ctx: _LoadContext) -> tuple[Any, int, li
             name = pickletools.code2op[code.decode("latin-1")].name if code.decode("latin-1") in pickletools.code2op else code
             raise _Refused(f"holds a tensor storage with the pickle opcode {name}, which torch never writes there")
         if op.arg is not None:
+            ctx.charge_text(_header_arg_length(blob, stream.tell(), op.name), op.name)  # before decoding it
             try:
                 arg = op.arg.reader(stream)
             except ValueError:
@@ -441,14 +519,27 @@ class _LoadContext:
     allowed constructors may copy, so shared sub-structures cannot multiply the work.
     ``objects_left``: opcodes the storage header pickles may still use (what the main pickle left
     of ``MAX_PICKLE_OBJECTS``), so neither can build one object per byte of the file.
+    ``text_left``: likewise what the main pickle left of ``MAX_PICKLE_TEXT_BYTES``, for the text
+    arguments of those header pickles.
     """
 
-    def __init__(self, file_size: int, objects_left: int = MAX_PICKLE_OBJECTS) -> None:
+    def __init__(self, file_size: int, objects_left: int = MAX_PICKLE_OBJECTS,
+                 text_left: int = MAX_PICKLE_TEXT_BYTES) -> None:
         self.max_bytes = 2 * file_size + (1 << 20)
         self.objects_left = objects_left
+        self.text_left = text_left
         self.tensor_bytes = 0
         self.work = 4 * file_size + 100_000
         self.src_digests: dict[int, tuple[str, str]] = {}
+
+    def charge_text(self, length: int, op_name: str) -> None:
+        """Take one text argument of a storage header from the budget, before it is decoded."""
+        if length > MAX_PICKLE_ARG_BYTES:
+            shown = None if op_name == "GLOBAL" else length
+            raise _argument_too_long(shown, op_name, " (in the header of a tensor storage)")
+        self.text_left -= length
+        if self.text_left < 0:
+            raise _too_much_text(" (counting the headers of its tensor storages)")
 
     def charge(self, amount: int) -> None:
         self.work -= amount
@@ -642,11 +733,15 @@ def _load(data: bytes, label: str) -> dict:
             f"{label} is not a pickle{hint}: it starts with {head!r}. "
             "Pass the network-snapshot.pkl that StyleGAN3 training wrote."
         )
-    count = count_opcodes(data, MAX_PICKLE_OBJECTS)  # before any object exists
+    try:
+        count, text = scan_pickle(data, MAX_PICKLE_OBJECTS)  # before any object exists
+    except NetworkFormatError as exc:
+        raise NetworkFormatError(f"{label}: {exc}") from None
     if count > MAX_PICKLE_OBJECTS:
         raise NetworkFormatError(f"{label}: {_too_many_objects()}")
+    ctx = _LoadContext(len(data), MAX_PICKLE_OBJECTS - count, MAX_PICKLE_TEXT_BYTES - text)
     try:
-        obj = _SnapshotUnpickler(io.BytesIO(data), _LoadContext(len(data), MAX_PICKLE_OBJECTS - count)).load()
+        obj = _SnapshotUnpickler(io.BytesIO(data), ctx).load()
     except _Refused as exc:
         raise UnsafePickleError(
             f"{label} {exc}, which an official StyleGAN3 snapshot never needs; "

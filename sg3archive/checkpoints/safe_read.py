@@ -20,7 +20,12 @@ from sg3archive.errors import NetworkFormatError
 
 MAX_PICKLE_BYTES = 2 << 30  # an official snapshot with G, G_ema and D at 1024² is about 0.4 GB
 MAX_WEIGHTS_BYTES = 3 << 30  # MAX_PARAMETERS float64 values would be 2 GiB; plus headers
-MAX_JSON_BYTES = 16 << 20  # network.json / encoder.json / a safetensors header
+# network.json / encoder.json / a safetensors header. json.loads builds about 20 times its input
+# before any type can be checked (``[{},{},...]``: 3 bytes become a 64-byte dict and a pointer), so
+# this cap bounds that at about +20 MB. Real files are far smaller: the bundled network.json is
+# 835 bytes and encoder.json 1.3 KB; the largest safetensors header, G and D of a conditional
+# 1024² stylegan3-r with doubled channels (228 tensors, about 110 bytes each), is about 25 KB.
+MAX_JSON_BYTES = 1 << 20
 _MB = 1 << 20
 
 
@@ -81,7 +86,8 @@ def read_capped(
 
 
 def read_json_capped(fs: fsspec.AbstractFileSystem, path: str, where: str) -> Any:
-    """Parse a small JSON file (``network.json``, ``encoder.json``); FileNotFoundError passes through."""
+    """Parse a small JSON file (``network.json``, ``encoder.json``) of at most ``MAX_JSON_BYTES``, refused
+    unread when larger (parsing amplifies it about twentyfold); FileNotFoundError passes through."""
     data = read_capped(fs, path, MAX_JSON_BYTES, where, "a description file")
     try:
         return json.loads(data)
