@@ -18,6 +18,7 @@ from sg3archive.pipeline.restore import (
     BadRow,
     RestoreIncompleteError,
     RestorePlan,
+    incomplete_cause,
     incomplete_text,
     not_restored_text,
     plan_restore,
@@ -79,5 +80,5 @@ def restore_flow(job: dict[str, Any] | None = None, manifest: str | None = None)
         print(f"not restored: {b.text()}")
     if bad:
         raise RestoreIncompleteError(f"{incomplete_text(bad)} (listed in the restore-report artifact; "
-                                     "the others were restored)")
+                                     f"the others were restored): {incomplete_cause(bad)}")
     return {"written": written, "skipped": skipped, "shards": len(shards)}

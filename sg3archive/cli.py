@@ -424,7 +424,7 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
     names, a shard the archive refuses to read) are listed and skipped; the exit status is then 1.
     """
     from sg3archive.pipeline.jobs import RestoreJob
-    from sg3archive.pipeline.restore import RestoreIncompleteError, incomplete_text
+    from sg3archive.pipeline.restore import RestoreIncompleteError, incomplete_cause, incomplete_text
     from sg3archive.pipeline.restore import restore as run
     from sg3archive.text import printable
 
@@ -438,9 +438,11 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
     click.echo(summary.text())
     if summary.bad:
         click.echo(summary.bad_text(), err=True)
+        cause = incomplete_cause(summary.bad)
+        if any(not b.unwritable for b in summary.bad):
+            cause += f"; `sg3archive audit {job.archive}` checks it"
         raise RestoreIncompleteError(printable(
-            f"{incomplete_text(summary.bad)} (listed above; the others were restored): the archive has damaged "
-            f"rows or shards, or unsafe names; `sg3archive audit {job.archive}` checks it"))
+            f"{incomplete_text(summary.bad)} (listed above; the others were restored): {cause}"))
 
 
 @main.command()

@@ -83,6 +83,15 @@ class RestoreIncompleteError(Sg3ArchiveError):
     """Some selected rows could not be restored (each is listed in the summary); the rest were."""
 
 
+class RowNotWritableError(Sg3ArchiveError):
+    """One row's image cannot be made or written here (too large for the output format or this
+    machine's memory, a name the destination cannot hold): not damage in the archive."""
+
+
+# Output formats' largest side in pixels (libwebp: 16383; libjpeg: 65500, though JPEG itself names 65535).
+FORMAT_MAX_SIDE = {"webp": 16383, "jpeg": 65500}
+
+
 @dataclass
 class BadRow:
     """A selected row that was skipped, and why."""
@@ -90,6 +99,7 @@ class BadRow:
     id: str
     name: str
     reason: str
+    unwritable: bool = False  # the archive is fine; the image cannot be made or written here
 
     def text(self) -> str:
         """One printable line (control characters and names from non-UTF-8 file names shown with
@@ -113,6 +123,19 @@ def incomplete_text(bad: list[BadRow]) -> str:
         return rows
     refused = f"{shards} shard{'s' if shards > 1 else ''} of the archive {'were' if shards > 1 else 'was'} refused"
     return f"{rows} and {refused}" if len(bad) > shards else refused
+
+
+def incomplete_cause(bad: list[BadRow]) -> str:
+    """Why a restore with bad entries is incomplete, for its final error line: rows that could
+    not be written here (too large, a name too long) counted apart from archive damage, which
+    alone points to ``sg3archive audit``."""
+    unwritable = sum(1 for b in bad if b.unwritable)
+    parts = []
+    if unwritable:
+        parts.append(f"{unwritable} row{'s' if unwritable > 1 else ''} could not be written (see above)")
+    if len(bad) > unwritable:
+        parts.append("the archive has damaged rows or shards, or unsafe names")
+    return " and ".join(parts)
 
 
 def not_restored_text(bad: list[BadRow]) -> str:
@@ -492,6 +515,7 @@ class _LocalTargets:
 
     def __init__(self, destination: LocalDestination, sources: _Sources) -> None:
         self.dest = destination
+        self.label = destination.label
         self.sources = sources
         self.warnings = sources.warnings
 
@@ -673,6 +697,9 @@ def _shard_rows(job: RestoreJob, store: ArchiveStore, plan: RestorePlan, shard: 
             except UnsafeTargetError as exc:
                 _bad(summary, bar, rid, name, str(exc))
                 continue
+            except (OSError, UnicodeError) as exc:  # this one target (a name too long, ...); DEST-wide stops
+                _unwritable(summary, bar, row, exc, targets)
+                continue
             if there and not job.overwrite:
                 summary.skipped += 1
                 bar.update(1)
@@ -738,7 +765,11 @@ def _restore_rows(job: RestoreJob, models: Models, codec: Any, targets: _LocalTa
     for (row, _), img in zip(good, images):
         try:
             data = _encode_image(job, img, cols["fit"][row.index], cols["mode"][row.index])
-        except (Sg3ArchiveError, ValueError, TypeError, OverflowError, MemoryError, OSError) as exc:
+        except RowNotWritableError as exc:
+            summary.bad.append(BadRow(row.id, row.name, str(exc), unwritable=True))
+            bar.update(1)
+            continue
+        except (Sg3ArchiveError, ValueError, TypeError, OverflowError, OSError) as exc:
             _bad(summary, bar, row.id, row.name, f"its image cannot be rebuilt: {exc}")
             continue
         try:
@@ -749,8 +780,7 @@ def _restore_rows(job: RestoreJob, models: Models, codec: Any, targets: _LocalTa
             _bad(summary, bar, row.id, row.name, str(exc))
             continue
         except (OSError, UnicodeError) as exc:
-            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            _bad(summary, bar, row.id, row.name, f"cannot write {row.relative!r} in DEST: {what}")
+            _unwritable(summary, bar, row, exc, targets)
             continue
         if wrote:
             summary.written += 1
@@ -760,12 +790,42 @@ def _restore_rows(job: RestoreJob, models: Models, codec: Any, targets: _LocalTa
         bar.update(1)
 
 
+def _unwritable(summary: RestoreSummary, bar: tqdm, row: _Row, exc: OSError | UnicodeError,
+                targets: _LocalTargets | _RemoteTargets) -> None:
+    """Record a row whose own target cannot be checked or written (ENAMETOOLONG, ELOOP, ENOTDIR,
+    EILSEQ, ...) as a bad row; an error that means all of DEST cannot be written stops the run."""
+    if isinstance(exc, OSError):
+        stop = destination_error(targets.label, exc)
+        if stop is not None:
+            raise stop from None
+    what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
+    what = what[:1].lower() + what[1:]
+    summary.bad.append(BadRow(row.id, row.name, f"cannot write {row.relative!r} in DEST: {what}", unwritable=True))
+    bar.update(1)
+
+
 def _encode_image(job: RestoreJob, img: np.ndarray, fit: str, source_mode: str) -> bytes:
     """The image file's bytes: back to the original size (from the row's fit record) when asked,
-    in the source's mode where the format holds it."""
-    if job.size == "original":
-        img = unfit(img, FitInfo.from_json(fit))
-    buf = io.BytesIO()
-    image = to_restored_image(img, source_mode, PIL_FORMAT[job.format])
-    image.save(buf, format=PIL_FORMAT[job.format], **({"quality": 95} if job.format != "png" else {}))
-    return buf.getvalue()
+    in the source's mode where the format holds it.
+
+    Raises:
+        RowNotWritableError: the size is over the format's limit (checked before any work), or
+            rebuilding it needs more memory than this machine has.
+    """
+    info = FitInfo.from_json(fit) if job.size == "original" else None
+    width, height = (info.width, info.height) if info else (img.shape[1], img.shape[0])
+    what = "original size" if info else "size"
+    limit = FORMAT_MAX_SIDE.get(job.format)
+    if limit is not None and max(width, height) > limit:
+        raise RowNotWritableError(f"its {what} {width}×{height} is larger than {PIL_FORMAT[job.format]} can hold "
+                                  f"({limit} px a side); restore it with --format png")
+    try:
+        if info is not None:
+            img = unfit(img, info)
+        buf = io.BytesIO()
+        image = to_restored_image(img, source_mode, PIL_FORMAT[job.format])
+        image.save(buf, format=PIL_FORMAT[job.format], **({"quality": 95} if job.format != "png" else {}))
+        return buf.getvalue()
+    except MemoryError:
+        raise RowNotWritableError(f"its {what} {width}×{height} needs more memory than this machine has; "
+                                  "restore it with --size generator") from None

@@ -813,8 +813,13 @@ def unfit(square_rgb: np.ndarray, info: FitInfo) -> np.ndarray:
     version-2 pad, and a version-1 pad box over :func:`fit_record_pixel_limit` (archives made
     before version 2), resample only the part of the square the image occupies, straight to the
     original's size (Pillow's ``resize(box=…)``; within a few levels of resizing the whole square
-    to the box and cutting the image out, which smaller boxes still do exactly): memory stays
-    bounded by the output's size and the pixel limit, never by the padded box.
+    to the box and cutting the image out, which smaller boxes still do exactly).
+
+    Memory stays near the output's own 3 bytes a pixel whatever its shape: only the part of the
+    box inside the image is resampled, in strips along the long side (:func:`_resample_into`),
+    written straight into the output, whose margins are then filled in place. Pillow resampling
+    a 1×38,000,000 output in one call would build a table of doubles per output row (~56 bytes a
+    pixel).
     """
     _check_rgb(square_rgb, "square_rgb")
     if square_rgb.shape[0] != square_rgb.shape[1]:
@@ -824,26 +829,131 @@ def unfit(square_rgb: np.ndarray, info: FitInfo) -> np.ndarray:
     if right <= max(left, 0) or bottom <= max(top, 0) or left >= width or top >= height:
         raise ValueError(f"fit box {info.box} does not overlap the {width}x{height} image")
     side = square_rgb.shape[0]
+    out = np.empty((height, width, 3), dtype=np.uint8)
     if info.mode == "pad" and info.version == PAD_FIT_INFO_VERSION:
         scale = side / info.resolution
         x0, y0, x1, y1 = pad_placement(width, height, info.resolution)
-        return _resize_region(square_rgb, (x0 * scale, y0 * scale, x1 * scale, y1 * scale), width, height)
+        region = (x0 * scale, y0 * scale, x1 * scale, y1 * scale)
+        _resample_into(out, square_rgb, region, (width, height), (0, 0, width, height))
+        return out
     box_pixels = (right - left) * (bottom - top)
     if box_pixels > max(fit_record_pixel_limit(), width * height) and left <= 0 and top <= 0 \
             and right >= width and bottom >= height:  # a large version-1 pad box, never allocated
         sx, sy = side / (right - left), side / (bottom - top)
         region = (-left * sx, -top * sy, (width - left) * sx, (height - top) * sy)
-        return _resize_region(square_rgb, region, width, height)
-    placed = _resize(square_rgb, right - left, bottom - top)
-    inside = placed[max(0, -top) : min(bottom, height) - top, max(0, -left) : min(right, width) - left]
-    pads = ((max(0, top), max(0, height - bottom)), (max(0, left), max(0, width - right)), (0, 0))
-    return np.pad(inside, pads, mode="edge")
+        _resample_into(out, square_rgb, region, (width, height), (0, 0, width, height))
+        return out
+    # the window of the box-sized resize that lies inside the image, in the box's coordinates
+    window = (max(0, -left), max(0, -top), min(right, width) - left, min(bottom, height) - top)
+    placed = _resample_into(out[max(0, top) : max(0, top) + window[3] - window[1],
+                                max(0, left) : max(0, left) + window[2] - window[0]],
+                            square_rgb, (0.0, 0.0, float(side), float(side)), (right - left, bottom - top), window)
+    _edge_fill(out, (max(0, left), max(0, top), max(0, left) + placed.shape[1], max(0, top) + placed.shape[0]))
+    return out
 
 
-def _resize_region(rgb: np.ndarray, region: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
-    """The ``region`` (float pixel box) of ``rgb`` resampled (Lanczos) to ``width × height``."""
+# How :func:`_resample_into` bounds its memory. An output of at most _ONE_CALL_PIXELS pixels and
+# _ONE_CALL_LENGTH a side is one Pillow call, as before. Larger ones are cut into strips of at most
+# _STRIP_PIXELS output pixels and _STRIP_LENGTH along the cut (each strip's filter table and int64
+# sums: a few MB), plus one Pillow pass across of at most _ACROSS_PIXELS pixels.
+_ONE_CALL_PIXELS = 1 << 24
+_ONE_CALL_LENGTH = 1 << 16
+_STRIP_PIXELS = 1 << 18
+_STRIP_LENGTH = 1 << 12
+_ACROSS_PIXELS = 1 << 24
+
+
+def _resample_into(out: np.ndarray, rgb: np.ndarray, region: tuple[float, float, float, float],
+                   size: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
+    """Write into ``out`` (``[y1-y0, x1-x0, 3]``) the ``window`` ``(x0, y0, x1, y1)`` of ``rgb``'s
+    float ``region`` resampled (Lanczos) to ``size`` ``(width, height)``; returns ``out``.
+
+    What one Pillow ``resize(size, LANCZOS, box=region)`` gives, computed in strips: Pillow
+    filters rows first, then columns. Along the axis that is cut, :func:`_lanczos_pass` applies
+    Pillow's own filter (same centres, same fixed-point weights) to just the strip's output
+    pixels; the other axis is one Pillow pass. (Pillow's ``box=`` on a strip is not enough: a
+    strip spanning only a few source pixels comes out up to ~40 levels off.)
+    """
+    x0, y0, x1, y1 = window
+    rx0, ry0, rx1, ry1 = region
+    w, h = x1 - x0, y1 - y0
     image = Image.fromarray(np.ascontiguousarray(rgb))
-    return np.asarray(image.resize((width, height), Image.Resampling.LANCZOS, box=region))
+    side_y = rgb.shape[0]
+    if w * h <= _ONE_CALL_PIXELS and max(w, h) <= _ONE_CALL_LENGTH and window == (0, 0, size[0], size[1]):
+        out[...] = np.asarray(image.resize(size, Image.Resampling.LANCZOS, box=region))
+        return out
+    if size[1] >= side_y and size[0] * side_y <= _ACROSS_PIXELS:  # strips of rows; every source row filtered across once
+        across = np.asarray(image.resize((size[0], side_y), Image.Resampling.LANCZOS, box=(rx0, 0, rx1, side_y)))
+        across = across[:, x0:x1]
+        step = max(1, min(_STRIP_LENGTH, _STRIP_PIXELS // max(w, 1)))
+        for start in range(y0, y1, step):
+            stop = min(y1, start + step)
+            out[start - y0 : stop - y0] = _lanczos_pass(across, 0, (ry0, ry1), size[1], (start, stop))
+        return out
+    step = max(1, min(_STRIP_LENGTH, _STRIP_PIXELS // max(h, side_y)))  # a very wide image: columns
+    if size[1] < side_y:  # Pillow filters columns first when the output is shorter: so do these strips
+        side_x = rgb.shape[1]
+        down = np.asarray(image.resize((side_x, size[1]), Image.Resampling.LANCZOS, box=(0, ry0, side_x, ry1)))
+        down = down[y0:y1]
+        for start in range(x0, x1, step):
+            stop = min(x1, start + step)
+            out[:, start - x0 : stop - x0] = _lanczos_pass(down, 1, (rx0, rx1), size[0], (start, stop))
+        return out
+    for start in range(x0, x1, step):
+        stop = min(x1, start + step)
+        columns = Image.fromarray(np.ascontiguousarray(_lanczos_pass(rgb, 1, (rx0, rx1), size[0], (start, stop))))
+        down = columns.resize((stop - start, size[1]), Image.Resampling.LANCZOS, box=(0, ry0, stop - start, ry1))
+        out[:, start - x0 : stop - x0] = np.asarray(down)[y0:y1]
+    return out
+
+
+_PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed-point weights for 8-bit images
+
+
+def _lanczos_pass(src: np.ndarray, axis: int, span: tuple[float, float], out_size: int,
+                  part: tuple[int, int]) -> np.ndarray:
+    """Output pixels ``part`` ``[start, stop)`` of a 1-D Lanczos resize of ``src`` along ``axis``
+    (0 rows, 1 columns) from the source ``span`` to ``out_size`` pixels, as Pillow's
+    ``precompute_coeffs`` and 8-bit pass compute them (filter centres from the whole resize, so
+    strips join seamlessly); memory: the strip's pixels times the filter's taps."""
+    low, high = span
+    in_size = src.shape[axis]
+    scale = (high - low) / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = low + (np.arange(part[0], part[1], dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    x = (taps[None, :] + xmin[:, None] - center[:, None] + 0.5) / filterscale
+    with np.errstate(invalid="ignore", divide="ignore"):
+        px = np.pi * x
+        sinc = np.where(x == 0.0, 1.0, np.sin(px) / px)
+        sinc3 = np.where(x == 0.0, 1.0, np.sin(px / 3) / (px / 3))
+    weights = np.where((x >= -3.0) & (x < 3.0) & (taps[None, :] < xmax[:, None]), sinc * sinc3, 0.0)
+    total = weights.sum(axis=1, keepdims=True)
+    weights = np.where(total != 0.0, weights / np.where(total != 0.0, total, 1.0), weights)
+    fixed = np.where(weights < 0, -0.5 + weights * (1 << _PRECISION_BITS),
+                     0.5 + weights * (1 << _PRECISION_BITS)).astype(np.int64)
+    moved = np.moveaxis(src, axis, 0)
+    acc = np.full((part[1] - part[0],) + moved.shape[1:], 1 << (_PRECISION_BITS - 1), dtype=np.int64)
+    for k in range(ksize):
+        index = np.minimum(xmin + k, in_size - 1)
+        coef = fixed[:, k].reshape((-1,) + (1,) * (moved.ndim - 1))
+        acc += moved[index].astype(np.int64) * coef
+    result = np.clip(acc >> _PRECISION_BITS, 0, 255).astype(np.uint8)
+    return np.moveaxis(result, 0, axis)
+
+
+def _edge_fill(out: np.ndarray, inner: tuple[int, int, int, int]) -> None:
+    """Fill ``out`` outside ``inner`` ``(x0, y0, x1, y1)`` by edge replication of ``inner``, in
+    place (what ``np.pad(mode="edge")`` gives, without a second copy of the image)."""
+    x0, y0, x1, y1 = inner
+    out[y0:y1, :x0] = out[y0:y1, x0 : x0 + 1]
+    out[y0:y1, x1:] = out[y0:y1, x1 - 1 : x1]
+    out[:y0] = out[y0 : y0 + 1]
+    out[y1:] = out[y1 - 1 : y1]
 
 
 _GRAY_MODES = frozenset({"L", "1", "I", "F"})
