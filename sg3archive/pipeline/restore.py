@@ -53,7 +53,7 @@ from sg3archive.pixels import to_uint8
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store import format as fmt
 from sg3archive.store.format import ArchiveFormatError, uri_path
-from sg3archive.store.inputs import FitInfo, to_restored_image, unfit
+from sg3archive.store.inputs import FitInfo, local_path, to_restored_image, unfit
 from sg3archive.store.safe_write import (
     DestinationWriteError,
     LocalDestination,
@@ -465,7 +465,7 @@ class _Sources:
         for uri, _ in _uris_and_names(cols):
             if uri is None:
                 continue
-            path = _local_path(uri)
+            path = local_path(uri)  # the reading side's rule: file:////x is /x, a::b.png a file
             if path is None:
                 self.remote.add(uri)
                 continue
@@ -499,15 +499,6 @@ class _Sources:
                     continue
                 self._identities.add((st.st_dev, st.st_ino))
         return identity in self._identities
-
-
-def _local_path(uri: str) -> str | None:
-    """The local path a recorded source URI names (``file://`` URIs and plain paths), else None."""
-    if uri.startswith("file://"):
-        return uri[len("file://"):]
-    if "://" in uri:
-        return None
-    return uri
 
 
 class _LocalTargets:
