@@ -33,7 +33,7 @@ class PeakRSS:
             self.peak = max(self.peak, rss_bytes() - self.start)
             time.sleep(self.interval)
 
-    def __enter__(self) -> "PeakRSS":
+    def __enter__(self) -> PeakRSS:
         self.start = rss_bytes()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

@@ -30,9 +30,9 @@ import math  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import zlib  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, field  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -93,7 +93,7 @@ class Report:
 class SingleThread:
     """torch on one thread inside the block (numpy's OpenBLAS is pinned to one thread for the whole run)."""
 
-    def __enter__(self) -> "SingleThread":
+    def __enter__(self) -> SingleThread:
         self.saved = torch.get_num_threads()
         torch.set_num_threads(1)
         return self

@@ -16,7 +16,7 @@ from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sg3archive.pipeline.compress import ShardPlan, Summary, ShardResult, compress_shard, plan_shards, prepare
+from sg3archive.pipeline.compress import ShardPlan, ShardResult, Summary, compress_shard, plan_shards, prepare
 from sg3archive.pipeline.jobs import CompressJob, load_job, make_job
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import sys
 from pathlib import Path
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``x [N, C, H, W]`` in [-1, 1] → ``img [N, H, W, C]`` uint8 (the official rounding: x·127.5 + 128, clamped)."""
     return (x.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

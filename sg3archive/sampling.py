@@ -10,7 +10,6 @@ import torch
 
 from sg3archive.networks.generator import Generator
 
-
 MAX_SEEDS = 100_000  # one command's images; more is a mistake (or a job for several runs)
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes 32-bit seeds
 

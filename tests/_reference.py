@@ -9,7 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference_folder(root: Path, folder: str) -> dict:
     """``io``, ``G_state``, ``D_state``, ``G_kwargs``, ``D_kwargs`` and ``dir`` of one fixture folder."""
     d = root / folder

@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from typing import Any, Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import Any, NamedTuple
 
 import pytest
 

@@ -85,7 +85,7 @@ PROFILES: dict[str, dict] = {
 CODERS = ["ans", "range", "arithmetic"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fitted(profile_key: str, coder: str = "ans") -> LatentCodec:
     """One codec per setting, fitted on ``CALIB`` (shared between tests; tests must not change it)."""
     return LatentCodec.fit(CALIB, coder=coder, **PROFILES[profile_key])

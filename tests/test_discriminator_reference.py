@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from _reference import reference_folder
 from safetensors.torch import load_file
 
-from _reference import reference_folder
 from sg3archive import load_network
 from sg3archive.checkpoints.fingerprint import network_fingerprint, weights_fingerprint
 from sg3archive.networks import Discriminator

@@ -10,8 +10,8 @@ from sg3archive.checkpoints.encoder_file import load_encoder
 def test_train_encoder_flow_trains_exports_and_publishes_artifacts(prefect_harness, sg3_reference_dir, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from flows.train_encoder import train_encoder_flow
     import sg3archive
+    from flows.train_encoder import train_encoder_flow
 
     net = str(sg3_reference_dir / "t64" / "network-snapshot.pkl")
     config = dict(encoder="single", width=0.25, steps=3, batch_size=2, image_every=0, lpips_net=None,

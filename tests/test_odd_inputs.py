@@ -27,7 +27,15 @@ from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.inputs import (
-    DEFAULT_MAX_PIXELS, FitInfo, FitRecordError, decode_image, fit_to_square, iter_sources, read_bytes, refit, unfit,
+    DEFAULT_MAX_PIXELS,
+    FitInfo,
+    FitRecordError,
+    decode_image,
+    fit_to_square,
+    iter_sources,
+    read_bytes,
+    refit,
+    unfit,
 )
 
 LONG = "L" * 251 + ".png"  # 255 bytes, the longest name most file systems allow

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from sg3archive.errors import FingerprintMismatchError, Sg3ArchiveError
+from sg3archive.errors import Sg3ArchiveError
 from sg3archive.pipeline.compress import compress
 from sg3archive.pipeline.inspect import inspect_archive
 from sg3archive.pipeline.jobs import CompressJob, JobError, RestoreJob, load_job

@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-
 from s3server import S3Bucket
+
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.format import (

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_store import SETTINGS, failures_table, images_table
 
 from sg3archive.audit.history import AUDIT_DIR, append_record
 from sg3archive.pipeline.compress import PLANS_DIR, plan_shards
@@ -24,7 +25,6 @@ from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.bounded import ShardRefusedError, UnsafeArchiveFileError
 from sg3archive.store.format import ArchiveFormatError, conform_table, failures_schema, images_schema
 from sg3archive.store.manifest import MANIFEST_DIR, SHARDS_DIR, ShardRecord, _canonical
-from test_store import SETTINGS, failures_table, images_table
 
 
 def _commit_raw(store: ArchiveStore, table: pa.Table, kind: str, **write_options) -> ShardRecord:

@@ -14,7 +14,7 @@ from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
 from sg3archive.cli import main
 from sg3archive.errors import FingerprintMismatchError
 from sg3archive.training import TrainConfig, WPrior, fit_w_prior, gaussian_kl, train_encoder
-from sg3archive.training.losses import LOSS_PRESETS, latent_loss
+from sg3archive.training.losses import LOSS_PRESETS
 
 SMALL = dict(encoder="hierarchical", width=0.25, batch_size=4, lpips_net=None, log_every=1, sample_every=0,
              checkpoint_every=2, synthetic_pool=8, image_every=0)

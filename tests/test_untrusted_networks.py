@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_official_pickle import _dumps, _Global, _Reduce
 
 import sg3archive
 from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
@@ -46,7 +47,6 @@ from sg3archive.networks.bounds import (
 )
 from sg3archive.networks.encoder import build_encoder
 from sg3archive.networks.presets import CONFIGS
-from test_official_pickle import _dumps, _Global, _Reduce
 
 TIME_LIMIT_S = 5.0
 RSS_LIMIT_MB = 200.0

@@ -36,7 +36,7 @@ class Stats:
         i = int((x - self.lo) / (self.hi - self.lo) * self.bins)
         self.hist[min(self.bins - 1, max(0, i))] += 1
 
-    def merge(self, other: "Stats") -> None:
+    def merge(self, other: Stats) -> None:
         """Combine with another accumulator of the same metric (parallel workers)."""
         if other.n == 0:
             return

@@ -51,8 +51,8 @@ from sg3archive.metrics import ms_ssim, psnr
 from sg3archive.pipeline.compress import recon_thumbnail
 from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
-from sg3archive.store.archive import ArchiveStore
 from sg3archive.store import format as fmt
+from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.inputs import FitInfo, decode_image, read_bytes, refit, sha256_hex, to_tensor
 
 COLUMNS = ["id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb",

@@ -8,8 +8,9 @@ values decompression will return, and :meth:`LatentCodec.noisy` for rate-aware t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,7 +64,7 @@ class LatentCodec:
         target_mse: float | None = None,
         target_bytes: float | None = None,
         layer_weights: Sequence[float] | None = None,
-    ) -> "LatentCodec":
+    ) -> LatentCodec:
         """Fit on calibration codes ``ws_calib [M, num_ws, w_dim]`` (from the encoder or the mapping network).
 
         ``profile``: a preset (``high_quality``, ``balanced``, ``high_compression``), an int (the
@@ -86,7 +87,7 @@ class LatentCodec:
         return cls(model, coder)
 
     @classmethod
-    def load(cls, url: str, coder: str | None = None, storage_options: dict | None = None) -> "LatentCodec":
+    def load(cls, url: str, coder: str | None = None, storage_options: dict | None = None) -> LatentCodec:
         """Load a codec saved with :meth:`save` (any fsspec URL); its hash is verified."""
         model = load_model(url, storage_options)
         return cls(model, coder or model.info.get("coder", "ans"))

@@ -25,7 +25,15 @@ from sg3archive.codec.bitstream import HEADER_BYTES
 from sg3archive.codec.errors import CodecError
 from sg3archive.codec.profiles import PRESETS, layer_groups, resolve_bits
 from sg3archive.codec.tables import (
-    MIXTURE_WEIGHTS, NUM_CLASSES, PRECISION, SCALES, TAIL_SIGMAS, code_lengths, frequency_table, scale_class, table_id,
+    MIXTURE_WEIGHTS,
+    NUM_CLASSES,
+    PRECISION,
+    SCALES,
+    TAIL_SIGMAS,
+    code_lengths,
+    frequency_table,
+    scale_class,
+    table_id,
 )
 
 MODEL_FORMAT = "sg3archive.codec"

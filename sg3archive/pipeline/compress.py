@@ -36,10 +36,17 @@ from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.bounded import own_folder
 from sg3archive.store.format import ArchiveMismatchError
-from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
 from sg3archive.store.inputs import (
-    IMAGE_SUFFIXES, ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes, sha256_hex, to_tensor,
+    IMAGE_SUFFIXES,
+    ImageRejected,
+    decode_image,
+    fit_to_square,
+    iter_sources,
+    read_bytes,
+    sha256_hex,
+    to_tensor,
 )
+from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
 from sg3archive.training.data import SyntheticPairs
 
 PLANS_DIR = "_plans"

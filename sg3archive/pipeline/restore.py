@@ -50,8 +50,8 @@ from sg3archive.errors import FingerprintMismatchError, Sg3ArchiveError
 from sg3archive.pipeline.jobs import RestoreJob
 from sg3archive.pipeline.models import Models, fingerprint_mismatches, load_codec, load_models
 from sg3archive.pixels import to_uint8
-from sg3archive.store.archive import ArchiveStore
 from sg3archive.store import format as fmt
+from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.format import ArchiveFormatError, uri_path
 from sg3archive.store.inputs import FitInfo, local_path, to_restored_image, unfit
 from sg3archive.store.safe_write import (

@@ -26,7 +26,8 @@ import logging
 import os
 import threading
 import uuid
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import fsspec
 import pyarrow as pa
@@ -153,7 +154,7 @@ class ArchiveStore:
 
     # -- create / open ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, url: str, settings: dict[str, Any], storage_options: dict[str, Any] | None = None) -> "ArchiveStore":
+    def create(cls, url: str, settings: dict[str, Any], storage_options: dict[str, Any] | None = None) -> ArchiveStore:
         """Create an archive at ``url``, or open the one there if its settings are the same (resume).
 
         Args:
@@ -185,7 +186,7 @@ class ArchiveStore:
         return store
 
     @classmethod
-    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> "ArchiveStore":
+    def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ArchiveStore:
         """Open an existing archive; ArchiveNotFoundError if ``url`` holds none."""
         fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
         root = root.rstrip("/")

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import fsspec
 import pyarrow as pa
 
 from sg3archive.errors import Sg3ArchiveError

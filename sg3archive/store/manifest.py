@@ -26,8 +26,9 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -100,7 +101,7 @@ class ShardRecord:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_json(cls, doc: Any) -> "ShardRecord":
+    def from_json(cls, doc: Any) -> ShardRecord:
         """A record from its manifest JSON, every field checked for its type (ArchiveFormatError):
         a generation is untrusted input, and a wrong value must read as a damaged generation."""
         if not isinstance(doc, dict):
@@ -176,7 +177,7 @@ class Manifest:
         }
 
     @classmethod
-    def from_json(cls, doc: Any, what: str = "manifest") -> "Manifest":
+    def from_json(cls, doc: Any, what: str = "manifest") -> Manifest:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
             raise ArchiveFormatError(f"{what} is not an sg3archive manifest")
         check_format_version(doc, what)

@@ -89,7 +89,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -101,7 +101,7 @@ class TrainConfig:
             d["progressive"] = tuple(d["progressive"])
         return cls(**d)
 
-    def resume_compatible(self, other: "TrainConfig") -> list[str]:
+    def resume_compatible(self, other: TrainConfig) -> list[str]:
         """Settings that differ from ``other`` other than the ones a resumed run may change."""
         mutable = {"steps", "log_every", "sample_every", "checkpoint_every", "extra"}
         a, b = self.to_dict(), other.to_dict()

@@ -24,7 +24,6 @@ from sg3archive.networks.generator import Generator
 from sg3archive.store.inputs import decode_image, fit_to_square, iter_sources, read_bytes, to_tensor
 
 
-
 class SyntheticPairs:
     """Draws ``(images [N, C, R, R], ws [N, num_ws, w_dim])`` from ``G`` (no gradients)."""
 
@@ -88,7 +87,7 @@ class SyntheticPool:
 
     @classmethod
     def cached(cls, path: str | Path, key: dict, pairs: SyntheticPairs, size: int, seed: int,
-               progress: bool = False) -> "SyntheticPool":
+               progress: bool = False) -> SyntheticPool:
         """The pool stored at ``path`` when it was made with the same ``key`` (generator
         fingerprint and sampling settings); otherwise draw it and store it there."""
         path = Path(path)

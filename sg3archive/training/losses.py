@@ -34,7 +34,7 @@ class LossWeights:
     rate: float = 0.0
 
     @classmethod
-    def preset(cls, name: str, latent: float = 1.0, rate: float = 0.0) -> "LossWeights":
+    def preset(cls, name: str, latent: float = 1.0, rate: float = 0.0) -> LossWeights:
         if name not in LOSS_PRESETS:
             raise ValueError(f"unknown loss preset {name!r}; use one of {sorted(LOSS_PRESETS)}")
         rec, kl, perceptual, fm = LOSS_PRESETS[name]
@@ -48,7 +48,7 @@ class WPrior:
     mean: torch.Tensor
     logvar: torch.Tensor
 
-    def to(self, device: torch.device | str) -> "WPrior":
+    def to(self, device: torch.device | str) -> WPrior:
         return WPrior(self.mean.to(device), self.logvar.to(device))
 
 
