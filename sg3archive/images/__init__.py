@@ -9,8 +9,16 @@ from __future__ import annotations
 
 from sg3archive.images.load import FittedImage, load_fitted
 from sg3archive.store.inputs import (
-    DEFAULT_MAX_PIXELS, FIT_MODES, FitInfo, ImageRejected, decode_image, fit_to_square, iter_sources, read_bytes,
-    sha256_hex, to_tensor,
+    DEFAULT_MAX_PIXELS,
+    FIT_MODES,
+    FitInfo,
+    ImageRejected,
+    decode_image,
+    fit_to_square,
+    iter_sources,
+    read_bytes,
+    sha256_hex,
+    to_tensor,
 )
 
 __all__ = [
