@@ -1,7 +1,7 @@
 """Peak resident memory and time of decoding high-depth images near the pixel limit (issue 11, item 9).
 
 Writes one ~64 Mpx file per case (float32, 32-bit and 16-bit gray TIFF, CMYK TIFF, RGB PNG for
-reference) to a temporary folder, then decodes each with ``sg3archive.store.inputs.decode_image``
+reference) to a temporary folder, then decodes each with ``sg3archive.images.decode_image``
 in a fresh interpreter (so one case's freed memory cannot hide another's peak) and prints a
 table: the peak rise of resident memory during the decode (the file's bytes are already in
 memory), the seconds, and the ratio of that peak to the uint8 RGB result decoding must produce
@@ -49,9 +49,9 @@ def write_case(case: str, side: int, path: Path) -> None:
 
 
 def load_inputs(module_file: str | None):
-    """``sg3archive.store.inputs``, or the module at ``module_file`` (a baseline version)."""
+    """``sg3archive.images``, or the module at ``module_file`` (a baseline version)."""
     if module_file is None:
-        from sg3archive.store import inputs
+        from sg3archive.images import decode as inputs
 
         return inputs
     spec = importlib.util.spec_from_file_location("baseline_inputs", module_file)

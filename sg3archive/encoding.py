@@ -8,8 +8,12 @@ image loss of ``G.synthesis(ws)`` against the input: better fidelity for a state
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sg3archive.networks.generator import Generator
 
 
 @torch.no_grad()
@@ -20,7 +24,7 @@ def encode_images(encoder: torch.nn.Module, images: torch.Tensor, batch_size: in
 
 
 def refine_latents(
-    G: torch.nn.Module,
+    G: Generator,
     ws: torch.Tensor,
     images: torch.Tensor,
     steps: int = 20,

@@ -1,4 +1,4 @@
-"""The input side of compression (``sg3archive.store.inputs``): listing sources, reading bytes,
+"""The input side of compression (``sg3archive.images``): listing sources, reading bytes,
 safe decoding, fitting to the generator's square and back, tensor conversion.
 
 Every image is a real file written with Pillow (or Pillow's output patched by hand: truncated,
@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageFile
 
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.store.inputs import (
+from sg3archive.images import (
     DecodedImage,
     FitInfo,
     ImageRejected,

@@ -22,11 +22,7 @@ import pytest
 from PIL import Image
 
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.pipeline.compress import compress, parse_plan, plan_text
-from sg3archive.pipeline.jobs import CompressJob
-from sg3archive.store import format as fmt
-from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.inputs import (
+from sg3archive.images import (
     DEFAULT_MAX_PIXELS,
     FitInfo,
     FitRecordError,
@@ -37,6 +33,10 @@ from sg3archive.store.inputs import (
     refit,
     unfit,
 )
+from sg3archive.pipeline.compress import compress, parse_plan, plan_text
+from sg3archive.pipeline.jobs import CompressJob
+from sg3archive.store import format as fmt
+from sg3archive.store.archive import ArchiveStore
 
 LONG = "L" * 251 + ".png"  # 255 bytes, the longest name most file systems allow
 ODD_NAMES = [

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from sg3archive.images.decode import decode_image
+from sg3archive.images.errors import ImageRejected
+from sg3archive.images.fit import FitInfo, FitMode, fit_to_square
+from sg3archive.images.limits import DEFAULT_MAX_PIXELS
+from sg3archive.images.tensors import to_tensor
 
-from sg3archive.store.inputs import DEFAULT_MAX_PIXELS, FitInfo, ImageRejected, decode_image, fit_to_square, to_tensor
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -33,7 +38,7 @@ class FittedImage:
                 "fit": self.fit.to_json()}
 
 
-def load_fitted(data: bytes, resolution: int, fit: str = "crop", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+def load_fitted(data: bytes, resolution: int, fit: FitMode | str = "crop", *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 uri: str = "") -> FittedImage:
     """Decode ``data`` and fit it to a ``resolution`` square by ``fit`` (crop, pad or stretch).
 

@@ -4,14 +4,13 @@ random-generator state, so a resumed run continues exactly where it stopped."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
 
+from sg3archive.atomic import replacing
 from sg3archive.checkpoints.encoder_file import load_encoder, save_encoder
 from sg3archive.training.config import TrainConfig
 
@@ -43,24 +42,19 @@ def _optimizer_state(tensors: dict[str, torch.Tensor], plain: dict[str, Any]) ->
 def save_checkpoint(directory: str | Path, *, encoder: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     rng: torch.Generator, step: int, config: TrainConfig, generator_fingerprint: str,
                     history: list[dict[str, float]]) -> Path:
-    """Write a checkpoint to ``directory`` atomically (a temporary sibling, then a rename)."""
+    """Write a checkpoint to ``directory`` whole or not at all (:func:`sg3archive.atomic.replacing`:
+    a temporary sibling folder, then a rename over the previous checkpoint)."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_encoder(encoder, str(tmp), generator_fingerprint=generator_fingerprint,
-                 info={"step": step, "train_config": config.to_dict()})
-    tensors, plain = _optimizer_tensors(optimizer)
-    tensors["rng_state"] = rng.get_state()
-    safetensors.torch.save_file(tensors, str(tmp / STATE_TENSORS))
-    (tmp / STATE_JSON).write_text(json.dumps({"step": step, "config": config.to_dict(), "optimizer": plain,
-                                              "history": history}, indent=1))
-    old = directory.with_name(directory.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if directory.exists():
-        os.replace(directory, old)
-    os.replace(tmp, directory)
-    shutil.rmtree(old, ignore_errors=True)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with replacing(directory) as tmp:
+        tmp.mkdir()
+        save_encoder(encoder, str(tmp), generator_fingerprint=generator_fingerprint,
+                     info={"step": step, "train_config": config.settings_dict()})
+        tensors, plain = _optimizer_tensors(optimizer)
+        tensors["rng_state"] = rng.get_state()
+        safetensors.torch.save_file(tensors, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, "config": config.settings_dict(), "optimizer": plain,
+                                                  "history": history}, indent=1))
     return directory
 
 

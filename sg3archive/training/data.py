@@ -20,8 +20,9 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from sg3archive.atomic import replacing
+from sg3archive.images import DEFAULT_MAX_PIXELS, from_tensor, iter_sources, load_fitted, read_bytes
 from sg3archive.networks.generator import Generator
-from sg3archive.store.inputs import decode_image, fit_to_square, iter_sources, read_bytes, to_tensor
 
 
 class SyntheticPairs:
@@ -100,9 +101,8 @@ class SyntheticPool:
                     return pool
         pool = cls(pairs, size, seed, progress)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"images": pool.images.contiguous(), "ws": pool.ws.contiguous()}, str(tmp), metadata={"key": tag})
-        tmp.replace(path)
+        with replacing(path) as temp:
+            save_file({"images": pool.images.contiguous(), "ws": pool.ws.contiguous()}, str(temp), metadata={"key": tag})
         return pool
 
     def __call__(self, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,29 +110,36 @@ class SyntheticPool:
         return self.images[idx], self.ws[idx]
 
 
-def image_to_tensor(data: bytes, resolution: int, channels: int = 3) -> torch.Tensor:
-    """Decode image bytes as the archive does (``sg3archive.store.inputs``: pixel limit, EXIF,
-    mode rules), centre-crop to a square, resize to ``resolution`` → ``[C, R, R]`` in [-1, 1]."""
-    square, _ = fit_to_square(decode_image(data).rgb, resolution, "crop")
+def image_to_tensor(data: bytes, resolution: int, channels: int = 3, *,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    """Image bytes → ``[C, R, R]`` in [-1, 1], read exactly as compress reads an archive's images
+    (:func:`sg3archive.images.load_fitted`: the same pixel limit, EXIF and mode rules, centre crop,
+    Lanczos resize to ``resolution``); ``channels=1`` takes Pillow's luma of that square.
+
+    Raises:
+        ImageRejected: the bytes are not an image compress would accept.
+    """
+    x = load_fitted(data, resolution, "crop", max_pixels=max_pixels).tensor
     if channels == 1:
-        gray = np.asarray(Image.fromarray(square).convert("L"), dtype=np.float32)
+        gray = np.asarray(Image.fromarray(from_tensor(x)).convert("L"), dtype=np.float32)
         return torch.from_numpy(gray)[None] / 127.5 - 1
-    return to_tensor(square)
+    return x
 
 
 class RealImages:
     """Real images from a folder or bucket, decoded lazily; unreadable files are skipped with a warning."""
 
-    def __init__(self, url: str, resolution: int, channels: int = 3, storage_options: dict | None = None) -> None:
+    def __init__(self, url: str, resolution: int, channels: int = 3, storage_options: dict | None = None, *,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
         self.urls = sorted(iter_sources(url, storage_options=storage_options))
         if not self.urls:
             raise FileNotFoundError(f"no image files under {url}")
-        self.resolution, self.channels = resolution, channels
+        self.resolution, self.channels, self.max_pixels = resolution, channels, max_pixels
         self.storage_options = storage_options or {}
         self.bad: dict[str, str] = {}
 
     def __call__(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        out = []
+        out: list[torch.Tensor] = []
         while len(out) < n:
             if len(self.bad) == len(self.urls):
                 raise ValueError(f"none of the {len(self.urls)} training images could be read, e.g. {next(iter(self.bad.items()))}")
@@ -140,7 +147,8 @@ class RealImages:
             if url in self.bad:
                 continue
             try:
-                out.append(image_to_tensor(read_bytes(url, self.storage_options or None), self.resolution, self.channels))
+                data = read_bytes(url, self.storage_options or None)
+                out.append(image_to_tensor(data, self.resolution, self.channels, max_pixels=self.max_pixels))
             except Exception as exc:  # any decode failure: record, skip, keep training
                 self.bad[url] = f"{type(exc).__name__}: {exc}"
         return torch.stack(out)

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from sg3archive.encoding import encode_images
 from sg3archive.metrics import ms_ssim, psnr
+from sg3archive.networks.generator import Generator
 from sg3archive.training.data import SyntheticPairs
 
 HELD_OUT_SEED = 1_000_003
@@ -26,7 +27,10 @@ def evaluate_encoder(G: torch.nn.Module, encoder: torch.nn.Module, num_images: i
                      progress: bool = False) -> dict[str, dict]:
     """Mean PSNR (dB), MS-SSIM and LPIPS (when ``lpips`` is given) of ``G(E(x))`` and of
     ``G(w_avg)`` against ``num_images`` synthetic images ``x`` (style-mixed, ψ = ``truncation_psi``).
-    ``progress`` shows a bar (stderr) over the images."""
+    ``progress`` shows a bar (stderr) over the images. ``G`` is a StyleGAN3 :class:`Generator`
+    (what :func:`sg3archive.load_network` returns)."""
+    if not isinstance(G, Generator):
+        raise TypeError(f"G must be a StyleGAN3 Generator (from sg3archive.load_network), got {type(G).__name__}")
     pairs = SyntheticPairs(G, truncation_psi=truncation_psi)
     gen = torch.Generator().manual_seed(seed)
     device = G.mapping.w_avg.device

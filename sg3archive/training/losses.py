@@ -9,9 +9,13 @@ W+ value (mean over layers and dimensions), so its weight does not depend on ``w
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast, get_args
 
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from sg3archive.networks.generator import Generator
 
 # (reconstruction, KL, perceptual, feature matching): the guide's table of weight presets.
 LOSS_PRESETS: dict[str, tuple[float, float, float, float]] = {
@@ -20,6 +24,10 @@ LOSS_PRESETS: dict[str, tuple[float, float, float, float]] = {
     "artistic": (0.4, 0.01, 1.2, 0.0),
     "photo_realistic": (1.0, 0.005, 1.0, 0.5),
 }
+# The preset names as a type (training jobs and the CLI's --preset choices read it).
+LossPreset = Literal["high_quality", "high_compression", "artistic", "photo_realistic"]
+assert set(get_args(LossPreset)) == set(LOSS_PRESETS)
+DEFAULT_LOSS_PRESET: LossPreset = "high_quality"
 
 
 @dataclass(frozen=True)
@@ -31,14 +39,13 @@ class LossWeights:
     perceptual: float = 0.8
     feature_match: float = 0.2
     latent: float = 1.0
-    rate: float = 0.0
 
     @classmethod
-    def preset(cls, name: str, latent: float = 1.0, rate: float = 0.0) -> LossWeights:
+    def preset(cls, name: str, latent: float = 1.0) -> LossWeights:
         if name not in LOSS_PRESETS:
             raise ValueError(f"unknown loss preset {name!r}; use one of {sorted(LOSS_PRESETS)}")
         rec, kl, perceptual, fm = LOSS_PRESETS[name]
-        return cls(rec, kl, perceptual, fm, latent, rate)
+        return cls(rec, kl, perceptual, fm, latent)
 
 
 @dataclass(frozen=True)
@@ -53,7 +60,7 @@ class WPrior:
 
 
 @torch.no_grad()
-def fit_w_prior(G: torch.nn.Module, num_samples: int = 4096, seed: int = 0, batch: int = 1024) -> WPrior:
+def fit_w_prior(G: Generator, num_samples: int = 4096, seed: int = 0, batch: int = 1024) -> WPrior:
     """Fit the prior to ``G``'s mapping network: mean ``w_avg``, per-dimension variance of W
     over ``num_samples`` z ~ N(0, I) (ψ = 1, no truncation)."""
     device = G.mapping.w_avg.device
@@ -97,8 +104,9 @@ def feature_matching(features_fake: list[torch.Tensor], features_real: list[torc
     """Mean L1 distance between discriminator features of reconstructions and inputs, layer by layer."""
     if not features_fake:
         raise ValueError("no discriminator features to match")
-    return sum(F.l1_loss(f, r.detach()) for f, r in zip(features_fake, features_real)) / len(features_fake)
+    total = sum(F.l1_loss(f, r.detach()) for f, r in zip(features_fake, features_real))
+    return cast(torch.Tensor, total) / len(features_fake)
 
 
-__all__ = ["LOSS_PRESETS", "LossWeights", "WPrior", "feature_matching", "fit_w_prior", "gaussian_kl",
+__all__ = ["DEFAULT_LOSS_PRESET", "LOSS_PRESETS", "LossPreset", "LossWeights", "WPrior", "feature_matching", "fit_w_prior", "gaussian_kl",
            "latent_loss", "pixel_loss"]
