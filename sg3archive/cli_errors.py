@@ -7,11 +7,11 @@ wrong and what to do, and an exit status — never a traceback for anything a us
 from __future__ import annotations
 
 import errno
-import os
 import traceback
 
 import click
 
+from sg3archive import settings
 from sg3archive.errors import Sg3ArchiveError
 
 EXIT_ERROR = 1
@@ -67,4 +67,4 @@ def verbose_requested() -> bool:
     """Whether ``-v`` was given (read from click's context, or ``$SG3ARCHIVE_VERBOSE``)."""
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root() if ctx else None
-    return bool((root.params.get("verbose") if root else False) or os.environ.get("SG3ARCHIVE_VERBOSE"))
+    return bool((root.params.get("verbose") if root else False) or settings.verbose())

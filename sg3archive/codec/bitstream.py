@@ -45,11 +45,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from sg3archive.codec.errors import PayloadError
+from sg3archive.codec.names import WIRE_CODERS
 
 MAGIC = b"W+"
 FORMAT_VERSION = 2
 HASH_BYTES = 4
-CODERS = ("ans", "range")
+CODERS = WIRE_CODERS  # the coders a header can record (their home: ``codec.names``)
 _FLAG_RANGE, _FLAG_TRANSFORM = 1, 2
 _PRESET_CODES = {"high_quality": 1, "balanced": 2, "high_compression": 3}
 HEADER_BYTES = len(MAGIC) + 1 + 2 + HASH_BYTES + 1 + 1 + 4  # typical payloads have a 2-byte varint length

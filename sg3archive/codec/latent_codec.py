@@ -20,9 +20,11 @@ from sg3archive.codec import quantize as qz
 from sg3archive.codec.entropy import ChunkLayout, TableModels, chunk_layout, decode_stream, encode_stream
 from sg3archive.codec.errors import CodecError, ModelMismatchError, PayloadError
 from sg3archive.codec.model import CodecModel, estimate, fit_model, load_model, save_model
+from sg3archive.codec.names import CODER_ALIASES, CODER_NAMES, DEFAULT_CODER, DEFAULT_PROFILE, check_profile
 from sg3archive.codec.tables import SCALES, table_spec
 
-CODERS = {"ans": "ans", "range": "range", "arithmetic": "range"}  # arithmetic coding is served by the range coder
+# user name -> the coder that serves it (kept for callers of ``latent_codec.CODERS``; home: ``codec.names``)
+CODERS = {name: CODER_ALIASES.get(name, name) for name in CODER_NAMES}
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ def _as_numpy(ws: Any) -> np.ndarray:
 class LatentCodec:
     """Quantizes and entropy-codes W+ codes ``[N, num_ws, w_dim]`` with a fitted :class:`CodecModel`."""
 
-    def __init__(self, model: CodecModel, coder: str = "ans") -> None:
+    def __init__(self, model: CodecModel, coder: str = DEFAULT_CODER) -> None:
         if coder not in CODERS:
             raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
         self.model = model
@@ -56,8 +58,8 @@ class LatentCodec:
     def fit(
         cls,
         ws_calib: Any,
-        profile: str | int | Sequence[int] = "balanced",
-        coder: str = "ans",
+        profile: str | int | Sequence[int] = DEFAULT_PROFILE,
+        coder: str = DEFAULT_CODER,
         *,
         progressive: bool = True,
         decorrelate: bool = True,
@@ -75,10 +77,12 @@ class LatentCodec:
         """
         if coder not in CODERS:
             raise CodecError(f"unknown coder {coder!r}; use one of {sorted(CODERS)}")
-        if not isinstance(profile, (str, int, list, tuple)):
-            raise CodecError(f"profile must be a preset name, 'auto', an int or a list of ints, not {profile!r}")
         try:
-            model = fit_model(_as_numpy(ws_calib), profile, progressive=progressive, decorrelate=decorrelate,
+            checked = check_profile(profile)
+        except ValueError as exc:
+            raise CodecError(str(exc)) from None
+        try:
+            model = fit_model(_as_numpy(ws_calib), checked, progressive=progressive, decorrelate=decorrelate,
                               target_mse=target_mse, target_bytes=target_bytes,
                               layer_weights=None if layer_weights is None else np.asarray(layer_weights, dtype=np.float64))
         except ValueError as exc:
@@ -90,7 +94,7 @@ class LatentCodec:
     def load(cls, url: str, coder: str | None = None, storage_options: dict | None = None) -> LatentCodec:
         """Load a codec saved with :meth:`save` (any fsspec URL); its hash is verified."""
         model = load_model(url, storage_options)
-        return cls(model, coder or model.info.get("coder", "ans"))
+        return cls(model, coder or model.info.get("coder", DEFAULT_CODER))
 
     def save(self, url: str, storage_options: dict | None = None) -> None:
         """Save the model as ``codec.safetensors`` + ``codec.json`` under directory ``url``."""
@@ -246,13 +250,15 @@ class LatentCodec:
         m = self.model
         dev, dt = ws.device, ws.dtype
         centre = torch.as_tensor(m.centre, dtype=dt, device=dev)
-        identity = m.basis_int is None
-        enc = None if identity else torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
-        dec = None if identity else torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
+        enc: torch.Tensor | None = None  # None: the layers are coded as they are (no decorrelating basis)
+        dec: torch.Tensor | None = None
+        if m.basis_int is not None:
+            enc = torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
+            dec = torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
         steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
         coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
         sigma1, sigma2, weight = (torch.as_tensor(a, dtype=dt, device=dev) for a in self._prior_parameters)
-        u = ((ws - centre) if identity else (ws - centre) @ enc) / steps  # in steps
+        u = ((ws - centre) if enc is None else (ws - centre) @ enc) / steps  # in steps
         noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
         u_tilde = u + noise
         # Prediction approximated by the previous layer (the codec uses the running mean since
@@ -267,7 +273,7 @@ class LatentCodec:
 
         likelihood = ((1 - weight) * box(sigma1) + weight * box(sigma2)).clamp_min(2.0**-24)
         bits = -torch.log2(likelihood).sum(dim=(1, 2))
-        ws_tilde = (u_tilde * steps if identity else (u_tilde * steps) @ dec.T) + centre
+        ws_tilde = (u_tilde * steps if dec is None else (u_tilde * steps) @ dec.T) + centre
         return ws_tilde, bits
 
 

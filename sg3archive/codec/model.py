@@ -290,8 +290,8 @@ def fit_model(
     if (target_mse is not None and target_mse <= 0) or (target_bytes is not None and target_bytes <= 0):
         raise CodecError("auto targets must be positive")
     if layer_weights is None:
-        _, shape = resolve_bits("balanced", num_ws)
-        shape = np.array(shape, dtype=np.float64)
+        _, balanced = resolve_bits("balanced", num_ws)
+        shape = np.array(balanced, dtype=np.float64)
         weights = np.ones(num_ws)
     else:
         weights = np.asarray(layer_weights, dtype=np.float64).reshape(-1)
@@ -312,7 +312,11 @@ def fit_model(
     for _ in range(16):
         mid = (lo + hi) / 2
         size, mse = evaluate(build(mid))
-        meets = mse <= target_mse if target_mse is not None else size <= target_bytes
+        if target_mse is not None:
+            meets = mse <= target_mse
+        else:
+            assert target_bytes is not None  # exactly one target is set (checked above)
+            meets = size <= target_bytes
         # For a distortion target we want the fewest bits that meet it; for a size target the most.
         if target_mse is not None:
             lo, hi = (lo, mid) if meets else (mid, hi)

@@ -38,13 +38,13 @@ def layer_groups(num_ws: int) -> list[list[int]]:
 
 def resolve_bits(profile: str | int | Sequence[int], num_ws: int) -> tuple[str, list[int]]:
     """``(profile name, bits per layer)`` for a preset name, a uniform int, or an explicit list."""
+    from sg3archive.codec.names import check_profile  # the one profile check (names imports this module)
+
+    if isinstance(profile, (str, bool)):
+        check_profile(profile, allow_auto=False)  # "auto" is fitted (``model.fit_model``), never resolved here
     if isinstance(profile, str):
-        if profile not in PRESETS:
-            raise ValueError(f"unknown profile {profile!r}; use one of {sorted(PRESETS)}, 'auto', an int or a list of ints")
         per_group = PRESETS[profile]
         return profile, [per_group[guide_group(layer, num_ws)] for layer in range(num_ws)]
-    if isinstance(profile, bool):
-        raise ValueError("profile must be a preset name, an int or a list of ints, not a bool")
     if isinstance(profile, int):
         bits = [profile] * num_ws
         name = f"uniform{profile}"

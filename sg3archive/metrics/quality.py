@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from sg3archive import settings
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics.lpips_weights import BackboneSpec, backbone_spec, converted_weights_dir, hub_checkpoints_dir
+from sg3archive.settings import LPIPS_DOWNLOAD_ENV, LPIPS_WEIGHTS_ENV  # re-exported from here (their home: settings)
 
-LPIPS_WEIGHTS_ENV = "SG3ARCHIVE_LPIPS_WEIGHTS"
-LPIPS_DOWNLOAD_ENV = "SG3ARCHIVE_LPIPS_DOWNLOAD"  # "0": never try torchvision's download (air-gapped, tests)
 PROVISION_COMMAND = "sg3archive lpips-weights"
 
 # Standard MS-SSIM (Wang et al. 2003): Gaussian window sigma 1.5 (11 taps), five scales.
@@ -156,8 +156,8 @@ def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = No
     Order: ``weights`` (a ``.pth`` file, or a folder holding torchvision's file name), then
     ``$SG3ARCHIVE_LPIPS_WEIGHTS`` (folder or file), then our cache ``converted_weights_dir()``
     (where ``sg3archive lpips-weights`` writes), then ``torch.hub.get_dir()/checkpoints``, then
-    torchvision's download (skipped when ``$SG3ARCHIVE_LPIPS_DOWNLOAD=0``). A file that exists but cannot be read is an error, not a reason to
-    try the next place. Raises :class:`LpipsUnavailableError` naming every place tried.
+    torchvision's download (skipped when ``$SG3ARCHIVE_LPIPS_DOWNLOAD=0``). A file that exists but
+    cannot be read is an error, not a reason to try the next place. Raises :class:`LpipsUnavailableError` naming every place tried.
     """
     spec = backbone_spec(net)
     tried = []
@@ -167,7 +167,7 @@ def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = No
             raise LpipsUnavailableError(f"LPIPS backbone weights file {path} (passed as weights=) does not exist.")
         return _load_state(path), str(path)
     tried.append("weights= not given")
-    env_value = os.environ.get(LPIPS_WEIGHTS_ENV)
+    env_value = settings.lpips_weights_path()
     if env_value:
         path = _candidate(Path(env_value), spec)
         if path.is_file():
@@ -184,7 +184,7 @@ def resolve_backbone_state(net: str, weights: str | os.PathLike[str] | None = No
     if path.is_file():
         return _load_state(path), str(path)
     tried.append(f"torch hub cache: {path} does not exist")
-    if os.environ.get(LPIPS_DOWNLOAD_ENV, "1").strip() == "0":
+    if not settings.lpips_download_allowed():
         tried.append(f"download {spec.url}: not tried (${LPIPS_DOWNLOAD_ENV}=0)")
     else:
         try:

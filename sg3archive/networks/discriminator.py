@@ -31,6 +31,8 @@ def _filter_2d(x: torch.Tensor, f: torch.Tensor, pad: int, down: int = 1) -> tor
 class Conv2dLayer(torch.nn.Module):
     """Convolution with equalized learning rate, optional anti-aliased 2x downsampling, bias and activation."""
 
+    resample_filter: torch.Tensor  # buffer
+
     def __init__(
         self,
         in_channels: int,  # Number of input channels.
@@ -78,6 +80,8 @@ class Conv2dLayer(torch.nn.Module):
 class DiscriminatorBlock(torch.nn.Module):
     """Residual block at one resolution: (FromRGB,) two 3x3 convs with 2x downsampling, 1x1 skip."""
 
+    resample_filter: torch.Tensor  # buffer
+
     def __init__(
         self,
         in_channels: int,  # Input channels, 0 = first block (reads the image).
@@ -105,7 +109,7 @@ class DiscriminatorBlock(torch.nn.Module):
         self.use_fp16 = use_fp16
         self.freeze_layers = freeze_layers
         self.register_buffer("resample_filter", setup_resample_filter(resample_filter))
-        common = dict(resample_filter=resample_filter)
+        common: dict[str, Any] = dict(resample_filter=resample_filter)
         self.num_layers = 0
         if in_channels == 0:
             self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, activation=activation, conv_clamp=conv_clamp, **common)
@@ -211,12 +215,15 @@ class DiscriminatorEpilogue(torch.nn.Module):
         x = self.fc(x.flatten(1))
         x = self.out(x)
         if self.cmap_dim > 0:
+            assert cmap is not None  # Discriminator checks c (hence cmap) for conditional networks
             x = (x * cmap).sum(dim=1, keepdim=True) * (1 / np.sqrt(self.cmap_dim))
         return x
 
 
 class Discriminator(torch.nn.Module):
     """``D(img, c) → logits [N, 1]``; ``extract_features(img, c)`` → each block's output."""
+
+    fingerprint: str  # set by the loaders in sg3archive.checkpoints (a fresh network has none)
 
     def __init__(
         self,
@@ -261,7 +268,7 @@ class Discriminator(torch.nn.Module):
             cmap_dim = channels[4]
         if c_dim == 0:
             cmap_dim = 0
-        common = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
+        common: dict[str, Any] = dict(img_channels=img_channels, architecture=architecture, conv_clamp=conv_clamp)
         layer_idx = 0
         for res in self.block_resolutions:
             block = DiscriminatorBlock(

@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 
 from sg3archive.errors import Sg3ArchiveError
 
-ENCODER_KINDS = ("single", "hierarchical")
+# The encoder kinds (the one home: training jobs, the CLI and ``build_encoder`` read them from here).
+EncoderKind = Literal["single", "hierarchical"]
+ENCODER_KINDS: tuple[str, ...] = get_args(EncoderKind)
+DEFAULT_ENCODER_KIND: EncoderKind = "hierarchical"
 DEFAULT_CHANNELS = (64, 128, 256, 512, 512, 512)  # The guide's Conv1..Conv6.
 HIERARCHY_LEVELS = ("coarse", "medium", "fine")
 # The guide splits 14 W+ vectors 0-3 / 4-8 / 9-13; these are its group ends as fractions of depth.
@@ -258,6 +261,8 @@ class GaussianHeads(torch.nn.Module):
 class SingleScaleEncoder(torch.nn.Module):
     """The guide's encoder: one conv trunk on the full-resolution image, a linear head per W+ vector."""
 
+    w_avg: torch.Tensor  # registered buffer: the center of W the offsets are added to
+
     kind = "single"
 
     def __init__(
@@ -313,6 +318,8 @@ class HierarchicalEncoder(torch.nn.Module):
     flows only coarse → fine: the coarse group never depends on the finer pixels.
     """
 
+    w_avg: torch.Tensor  # registered buffer: the center of W the offsets are added to
+
     kind = "hierarchical"
 
     def __init__(
@@ -348,12 +355,11 @@ class HierarchicalEncoder(torch.nn.Module):
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.groups = hierarchy_groups(num_ws)
         shrinks = [len(HIERARCHY_LEVELS) - 1 - level for level in range(len(HIERARCHY_LEVELS))]  # 2, 1, 0
-        self.trunks = torch.nn.ModuleList(
-            ConvTrunk(img_channels, img_resolution >> s, scaled[s:], instance_stats) for s in shrinks
-        )
+        trunks = [ConvTrunk(img_channels, img_resolution >> s, scaled[s:], instance_stats) for s in shrinks]
+        self.trunks = torch.nn.ModuleList(trunks)
         self.summaries = torch.nn.ModuleList(
             torch.nn.Linear(trunk.out_features + (summary_dim if level > 0 else 0), summary_dim)
-            for level, trunk in enumerate(self.trunks)
+            for level, trunk in enumerate(trunks)
         )
         self.contexts = torch.nn.ModuleList(
             torch.nn.Linear(len(group) * w_dim + summary_dim, summary_dim) for group in self.groups[:-1]

@@ -31,6 +31,8 @@ def _check_impl(impl: str) -> str:
 class MappingNetwork(torch.nn.Module):
     """Maps latent ``z`` (and label ``c``) to the intermediate latent ``w``, broadcast to ``num_ws``."""
 
+    w_avg: torch.Tensor  # buffer: running average of W
+
     def __init__(
         self,
         z_dim: int,  # Input latent (Z) dimensionality, 0 = no latent.
@@ -72,6 +74,7 @@ class MappingNetwork(torch.nn.Module):
             if c is None or c.ndim != 2 or c.shape != (z.shape[0], self.c_dim):
                 got = None if c is None else list(c.shape)
                 raise ValueError(f"this network is conditional: c must have shape [{z.shape[0]}, {self.c_dim}], got {got}")
+            assert self.embed is not None  # built whenever c_dim > 0
             y = normalize_2nd_moment(self.embed(c.to(torch.float32)))
             x = torch.cat([x, y], dim=1)
         for idx in range(self.num_layers):
@@ -100,6 +103,10 @@ def input_transform(translate: tuple[float, float] = (0.0, 0.0), angle: float = 
 
 class SynthesisInput(torch.nn.Module):
     """Fourier-feature input: band-limited sinusoids, rotated and translated by the first W."""
+
+    transform: torch.Tensor  # buffers
+    freqs: torch.Tensor
+    phases: torch.Tensor
 
     def __init__(
         self,
@@ -179,6 +186,10 @@ class SynthesisInput(torch.nn.Module):
 
 class SynthesisLayer(torch.nn.Module):
     """Modulated convolution followed by the alias-free filtered leaky ReLU (or ToRGB)."""
+
+    magnitude_ema: torch.Tensor  # buffers
+    up_filter: torch.Tensor | None  # None when the layer does not resample (1 tap)
+    down_filter: torch.Tensor | None
 
     def __init__(
         self,
@@ -402,9 +413,9 @@ class SynthesisNetwork(torch.nn.Module):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         impl = _check_impl(impl or self.impl)
-        ws = ws.to(torch.float32).unbind(dim=1)
-        x = self.input(ws[0], transform=transform)
-        for name, w in zip(self.layer_names, ws[1:]):
+        w_per_layer = ws.to(torch.float32).unbind(dim=1)
+        x = self.input(w_per_layer[0], transform=transform)
+        for name, w in zip(self.layer_names, w_per_layer[1:]):
             x = getattr(self, name)(x, w, impl=impl, update_emas=update_emas)
         if self.output_scale != 1:
             x = x * self.output_scale
@@ -419,6 +430,8 @@ class SynthesisNetwork(torch.nn.Module):
 
 class Generator(torch.nn.Module):
     """StyleGAN3 generator with the official interface: ``G(z, c) → img``, ``G.mapping``, ``G.synthesis``."""
+
+    fingerprint: str  # set by the loaders in sg3archive.checkpoints (a fresh network has none)
 
     def __init__(
         self,

@@ -18,6 +18,8 @@ def normalize_2nd_moment(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 class FullyConnectedLayer(torch.nn.Module):
     """Linear layer with equalized learning rate: weights stored at unit scale, scaled at run time."""
 
+    bias: torch.nn.Parameter | None
+
     def __init__(
         self,
         in_features: int,  # Input width.
@@ -43,7 +45,7 @@ class FullyConnectedLayer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight.to(x.dtype) * self.weight_gain
-        b = self.bias
+        b: torch.Tensor | None = self.bias
         if b is not None:
             b = b.to(x.dtype)
             if self.bias_gain != 1:

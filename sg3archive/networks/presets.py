@@ -11,6 +11,7 @@ import ctypes
 import functools
 import math
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from sg3archive.networks.discriminator import Discriminator
-from sg3archive.networks.generator import Generator
+from sg3archive.networks.generator import Generator, SynthesisNetwork
 
 # train.py's settings for each config; channel_base/max are those of the published networks.
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -38,6 +39,7 @@ CALIBRATION_SAMPLES = 64
 CALIBRATION_MEMORY = 3 << 30  # bytes of activations kept between layers by default
 _SUM_SLICE_ELEMENTS = 1 << 20  # float64 elements converted at a time when summing squares
 _TRIM_BYTES = 4 << 20  # layer inputs from this size on return freed memory after each sample
+_malloc_trim: Callable[[int], int] | None
 try:  # glibc: hand freed heap pages back to the system (see _calibrate)
     _malloc_trim = ctypes.CDLL(None).malloc_trim
 except (OSError, AttributeError, TypeError):
@@ -139,7 +141,7 @@ def plan_calibration(sizes: list[int], num_samples: int, memory_budget: int) -> 
     return kept
 
 
-def _input_bytes(S: torch.nn.Module) -> list[int]:
+def _input_bytes(S: SynthesisNetwork) -> list[int]:
     """Bytes of one sample's float32 input to each synthesis layer."""
     layers = [getattr(S, name) for name in S.layer_names]
     return [4 * layer.in_channels * int(layer.in_size[0]) * int(layer.in_size[1]) for layer in layers]
@@ -211,7 +213,8 @@ def _calibrate(G: Generator, num_samples: int, seed: int, memory_budget: int, wo
     @torch.no_grad()  # grad mode is per thread: the pool's threads do not inherit the caller's
     def measure(i: int, s: int) -> float:
         """Sum of squares of sample ``s``'s input to layer ``i``; keeps what the plan says."""
-        k, x = held[s] if held[s] is not None else (-1, None)
+        entry = held[s]
+        k, x = entry if entry is not None else (-1, None)
         start, target = k, plan[i][s]
         kept = held[s] if target == k else None
         if k < 0:
@@ -223,6 +226,7 @@ def _calibrate(G: Generator, num_samples: int, seed: int, memory_budget: int, wo
             k += 1
             kept = (k, x) if target == k else kept
         held[s] = kept
+        assert x is not None  # taken from held[s] or computed from W above
         square_sum = _sum_of_squares(x)
         del x
         if _malloc_trim is not None and sizes[i] >= _TRIM_BYTES:

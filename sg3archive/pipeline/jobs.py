@@ -1,24 +1,49 @@
-"""Archive job specifications: what a compress or restore run does, as validated data.
+"""Archive job specifications: what a compress, restore or audit run does, as validated data.
 
-The same models back the YAML manifests in ``manifests/``, the CLI flags and the Prefect flows'
-parameters, so a job means the same thing however it is started.
+The same models back the YAML manifests in ``manifests/``, the CLI flags (generated from these
+fields by ``sg3archive.cli_options``) and the Prefect flows' parameters, so a job means the same
+thing however it is started. Every job carries ``version`` (:data:`JOB_VERSION`): a manifest
+without one is version 1, one newer than this code reads is refused rather than misread.
+
+The names the jobs accept have their own homes: coders and profiles in ``sg3archive.codec.names``,
+fit modes in ``sg3archive.images``, thresholds in ``sg3archive.audit.thresholds``.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from sg3archive import __version__
+from sg3archive.audit.thresholds import Thresholds
+from sg3archive.codec.names import AUTO_PROFILE, DEFAULT_CODER, DEFAULT_PROFILE, PROFILE_NAMES, CoderName, check_profile
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.images import FitMode
+
+# The newest job version this code reads; a manifest without `version` is version 1.
+JOB_VERSION = 1
+DEFAULT_FIT: FitMode = "crop"
 
 
 class JobError(Sg3ArchiveError):
     """A job specification is invalid; the message lists every problem."""
+
+
+def version_problem(version: object, where: str = "this job") -> str | None:
+    """Why ``version`` cannot be read by this code (None when it can); ``where`` names the job,
+    e.g. ``manifest m.yaml``."""
+    if version is None or (isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= JOB_VERSION):
+        return None
+    if isinstance(version, int) and not isinstance(version, bool) and version > JOB_VERSION:
+        return (f"{where} is job version {version}; this sg3archive {__version__} reads versions up to {JOB_VERSION}: "
+                "upgrade sg3archive (pip install -U sg3archive)")
+    return f"{where} has version {version!r}; job versions are whole numbers from 1 (omit it for version 1)"
 
 
 class _Spec(BaseModel):
@@ -26,6 +51,17 @@ class _Spec(BaseModel):
     1 bit, ``shard_size: 2.5`` is not 2), whether it came from a manifest, a flow or Python."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    version: int = Field(default=JOB_VERSION, description="job format version (omit it: 1); newer versions are refused "
+                                                          "by older sg3archive")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, value: object) -> object:
+        problem = version_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("device", check_fields=False)
     @classmethod
@@ -43,55 +79,62 @@ class CompressJob(_Spec):
 
     source: str = Field(description="folder / bucket prefix (any fsspec URL), a .txt/.lst list of URIs, or one image")
     destination: str = Field(description="archive directory URL")
-    pattern: str | None = Field(None, description="glob under source, e.g. '**/*.png' (default: all image files)")
-    network: str | None = Field(None, description="generator file/directory; default: the bundled network")
-    encoder: str | None = Field(None, description="encoder directory; default: the bundled encoder")
-    profile: str | int | list[int] = Field("balanced", description="codec profile: preset name, uniform bits, or bits per layer")
-    coder: Literal["ans", "range", "arithmetic"] = "ans"
-    fit: Literal["crop", "pad", "stretch"] = Field("crop", description="how images are fitted to the generator's square")
-    shard_size: int = Field(256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")
-    batch_size: int = Field(16, ge=1, le=4096)
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
-    refine_steps: int = Field(0, ge=0, le=10_000, description="encode-time latent refinement steps (0 = off)")
-    calibration_images: int = Field(256, ge=0, description="collection images encoded to fit the codec model")
-    max_pixels: int = Field(64_000_000, ge=1, description="larger images are rejected (decompression bombs)")
-    lpips: bool = Field(False, description="also record LPIPS at encode time (needs the LPIPS weights)")
+    pattern: str | None = Field(default=None, description="glob under source, e.g. '**/*.png' (default: all image files)")
+    network: str | None = Field(default=None, description="generator file/directory; default: the bundled network")
+    encoder: str | None = Field(default=None, description="encoder directory; default: the bundled encoder")
+    profile: str | int | list[int] = Field(default=DEFAULT_PROFILE, description=(
+        f"codec profile: {', '.join(PROFILE_NAMES)} (with target_bytes), uniform bits (1-16), or bits per layer"))
+    target_bytes: float | None = Field(default=None, gt=0, description="with profile auto: payload bytes per image the "
+                                                                       "codec's bit allocation aims at")
+    coder: CoderName = Field(default=DEFAULT_CODER, description="entropy coder (arithmetic = range)")
+    fit: FitMode = Field(default=DEFAULT_FIT, description="how images are fitted to the generator's square")
+    shard_size: int = Field(default=256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="images per model batch")
+    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    refine_steps: int = Field(default=0, ge=0, le=10_000, description="encode-time latent refinement steps (0 = off)")
+    calibration_images: int = Field(default=256, ge=0, description="collection images encoded to fit the codec model")
+    max_pixels: int = Field(default=64_000_000, ge=1, description="larger images are rejected (decompression bombs)")
+    lpips: bool = Field(default=False, description="also measure LPIPS of each image at compress time and record it in "
+                                                   "its row (needs the LPIPS weights)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the destination")
     source_storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source")
-    task_runner: Literal["thread", "dask"] = Field("thread", description="Prefect task runner of the compress flow")
-    workers: int = Field(1, ge=1, le=1024, description="parallel shard tasks (threads, or Dask workers)")
-    dask_address: str | None = Field(None, description="with task_runner dask: a running scheduler, e.g. tcp://host:8786 "
-                                                       "(default: a local cluster of `workers` workers)")
+    task_runner: Literal["thread", "dask"] = Field(default="thread", description="Prefect task runner of the compress flow")
+    workers: int = Field(default=1, ge=1, le=1024, description="parallel shard tasks (threads, or Dask workers)")
+    dask_address: str | None = Field(default=None, description="with task_runner dask: a running scheduler, e.g. tcp://host:8786 "
+                                                               "(default: a local cluster of `workers` workers)")
 
     @field_validator("profile")
     @classmethod
     def _profile(cls, value: str | int | list[int]) -> str | int | list[int]:
-        from sg3archive.codec.profiles import PRESETS
+        return check_profile(value)
 
-        if isinstance(value, str) and value not in PRESETS:
-            raise ValueError(f"unknown profile {value!r}; use one of {sorted(PRESETS)}, an int (4-12) or a list")
-        if isinstance(value, int) and not 1 <= value <= 16:
-            raise ValueError("uniform bits must be in 1..16")
-        return value
+    @model_validator(mode="after")
+    def _auto_target(self) -> CompressJob:
+        if self.profile == AUTO_PROFILE and self.target_bytes is None:
+            raise ValueError("profile auto needs --target-bytes (target_bytes: payload bytes per image)")
+        if self.profile != AUTO_PROFILE and self.target_bytes is not None:
+            raise ValueError("--target-bytes (target_bytes) goes with --profile auto only")
+        return self
 
 
 class RestoreJob(_Spec):
     """Regenerate images from an archive into ``destination``."""
 
-    archive: str
-    destination: str
-    ids: list[str] | None = Field(None, description="restore only these image ids (every one must be in the archive)")
-    glob: str | None = Field(None, description="restore only images whose name relative to the compressed source "
-                                               "(e.g. 'more/*.png'), or whose full source URI, matches this glob")
-    shard: str | None = Field(None, description="restore only this images shard (file name)")
-    format: Literal["png", "webp", "jpeg"] = "png"
-    size: Literal["generator", "original"] = Field("original", description="output at the generator's resolution or the original size")
-    network: str | None = None
-    encoder: str | None = None
-    batch_size: int = Field(16, ge=1, le=4096)
-    device: str = "auto"
-    overwrite: bool = Field(False, description="rewrite outputs that already exist (default: skip them, resumable)")
-    storage_options: dict[str, Any] = Field(default_factory=dict)
+    archive: str = Field(description="archive directory URL")
+    destination: str = Field(description="folder (any fsspec URL) the images are written into")
+    ids: list[str] | None = Field(default=None, description="restore only these image ids (every one must be in the archive)")
+    glob: str | None = Field(default=None, description="restore only images whose name relative to the compressed source "
+                                                       "(e.g. 'more/*.png'), or whose full source URI, matches this glob")
+    shard: str | None = Field(default=None, description="restore only this images shard (file name)")
+    format: Literal["png", "webp", "jpeg"] = Field(default="png", description="output format")
+    size: Literal["generator", "original"] = Field(default="original", description="output at the generator's "
+                                                                                   "resolution or the original size")
+    network: str | None = Field(default=None, description="generator file/directory; default: the one the archive records")
+    encoder: str | None = Field(default=None, description="encoder directory; default: the bundled encoder")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="images per model batch")
+    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    overwrite: bool = Field(default=False, description="rewrite outputs that already exist (default: skip them, resumable)")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the archive")
     destination_storage_options: dict[str, Any] = Field(
         default_factory=dict, description="fsspec options for the destination (a bucket's endpoint, credentials); "
                                           "empty means none: the archive's storage_options are never reused for it")
@@ -105,46 +148,45 @@ class RestoreJob(_Spec):
         return value
 
 
-class AuditThresholds(_Spec):
-    """When an audit fails (see ``sg3archive.audit.Thresholds``); null switches a check off."""
-
-    min_psnr: float | None = None
-    max_psnr_drop: float | None = 0.5
-    min_ms_ssim: float | None = None
-    max_lpips: float | None = None
-    thumb_tolerance: int = Field(2, ge=0, le=255)
+# When an audit fails: the one thresholds model (its home: sg3archive.audit.thresholds).
+AuditThresholds = Thresholds
 
 
 class AuditJob(_Spec):
     """Audit the archive at ``archive`` (the nightly job)."""
 
-    archive: str
-    sample_size: int = Field(32, ge=0)
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="default: the date, YYYYMMDD (a new sample each night)")
-    network: str | None = None
-    encoder: str | None = None
-    report: str | None = Field(None, description="write the HTML report here")
-    device: str = "auto"
-    lpips: bool = Field(True, description="measure LPIPS when its weights are provisioned")
-    thresholds: AuditThresholds = Field(default_factory=AuditThresholds)
-    storage_options: dict[str, Any] = Field(default_factory=dict)
-    source_storage_options: dict[str, Any] = Field(default_factory=dict)
+    archive: str = Field(description="archive directory URL")
+    sample_size: int = Field(default=32, ge=0, description="rows decoded and synthesized")
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, description="sample seed; default: the date, YYYYMMDD "
+                                                                           "(a new sample each night)")
+    network: str | None = Field(default=None, description="generator file/directory; default: the bundled network")
+    encoder: str | None = Field(default=None, description="encoder directory; default: the bundled encoder")
+    report: str | None = Field(default=None, description="write the HTML report here")
+    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    lpips: bool = Field(default=True, description="measure LPIPS when its weights are provisioned")
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="when the audit fails")
+    storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the archive")
+    source_storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the sources")
     source_roots: list[str] = Field(default_factory=list, description=(
         "read sources only under these folders/prefixes (they replace the roots the archive records; "
         "needed for rows of format version 1, which record none)"))
-    allow_http_sources: bool = Field(False, description="also read http(s) sources (never by default)")
+    allow_http_sources: bool = Field(default=False, description="also read http(s) sources (never by default)")
 
 
 # How the CLI names a job's fields: positional arguments in capitals, options as flags. Errors use
 # these names (with the manifest key beside them when a manifest was given), never model names.
 ARGUMENT_NAMES = {"source": "SRC", "destination": "DEST", "archive": "ARCHIVE"}
-JOB_NAMES = {"CompressJob": "compress", "RestoreJob": "restore", "AuditJob": "audit"}
+JOB_NAMES = {"CompressJob": "compress", "RestoreJob": "restore", "AuditJob": "audit", "TrainJob": "train"}
+# Fields whose flag is not their name spelled with dashes (the train command's established flags).
+FLAG_NAMES = {"truncation_psi": "--trunc", "truncation_cutoff": "--trunc-cutoff", "lpips_net": "--lpips",
+              "out_dir": "--out", "export_dir": "--export", "sample_size": "--sample", "source_roots": "--source-root",
+              "betas": "--beta1/--beta2", "glob": "--glob", "format": "--format"}
 
 
 def field_label(field: str, manifest: str | Path | None = None) -> str:
     """``--shard-size`` / ``DEST`` for a field, plus ``(shard_size: in m.yaml)`` with a manifest."""
     top = field.split(".")[0]
-    label = ARGUMENT_NAMES.get(top) or "--" + top.replace("_", "-")
+    label = ARGUMENT_NAMES.get(top) or FLAG_NAMES.get(top) or "--" + top.replace("_", "-")
     return f"{label} ({field}: in {manifest})" if manifest else label
 
 
@@ -159,7 +201,7 @@ def _type_name(value: Any) -> str:
             dict: "a mapping", type(None): "null"}.get(type(value), type(value).__name__)
 
 
-def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
+def _problems(errors: Sequence[Any], manifest: str | Path | None) -> list[str]:
     """One message per field: type mismatches of a union's members folded into one line that says
     what was given and what would do, e.g. ``--profile: expected text or a whole number or a
     list, got True (true/false)``."""
@@ -170,7 +212,7 @@ def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
     out = []
     for where, errs in grouped.items():
         label = field_label(where, manifest) if where else (f"manifest {manifest}" if manifest else "the job")
-        expected = [_EXPECTED[e["type"]] for e in errs if _EXPECTED.get(e["type"])]
+        expected = [text for e in errs if (text := _EXPECTED.get(e["type"]))]
         for e in errs:
             if e["type"] == "missing":
                 out.append(f"{label} is required")
@@ -178,7 +220,8 @@ def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
                 out.append(f"{where}: is not a setting of this job (check its spelling"
                            f"{' in ' + str(manifest) if manifest else ''})")
             elif not _EXPECTED.get(e["type"]):
-                out.append(f"{label}: {e['msg'].removeprefix('Value error, ')}")
+                message = e["msg"].removeprefix("Value error, ")
+                out.append(f"{label}: {message}" if where or manifest else message)  # a whole-job check speaks for itself
         if expected:
             given = next(e["input"] for e in errs if _EXPECTED.get(e["type"]))
             out.append(f"{label}: expected {' or '.join(dict.fromkeys(expected))}, got {given!r} "
@@ -186,22 +229,37 @@ def _problems(errors: list[dict], manifest: str | Path | None) -> list[str]:
     return list(dict.fromkeys(out))
 
 
-def make_job(kind: type[_Spec], values: dict[str, Any], manifest: str | Path | None = None) -> Any:
+def describe_errors(exc: ValidationError, manifest: str | Path | None = None) -> str:
+    """A validation error as one line in the user's words: every problem, ``; ``-separated."""
+    return "; ".join(_problems(exc.errors(), manifest))
+
+
+def make_job(kind: type[BaseModel], values: dict[str, Any], manifest: str | Path | None = None) -> Any:
     """Validate ``values`` as a job of ``kind``; raise :class:`JobError` listing every problem in
     the user's words (flags and arguments, and the manifest's keys when ``manifest`` is given)."""
     odd = [repr(k) for k in values if not isinstance(k, str)]
     if odd:
         raise JobError(f"{', '.join(odd[:3])} is not a setting of this job (keys are names such as destination)")
+    problem = version_problem(values.get("version"), f"manifest {manifest}" if manifest else "this job")
+    if problem:
+        raise JobError(problem)
     try:
-        return kind(**values)
+        return kind.model_validate(values)
     except ValidationError as exc:
-        problems = "; ".join(_problems(exc.errors(), manifest))
+        problems = describe_errors(exc, manifest)
         command = JOB_NAMES.get(kind.__name__, kind.__name__)
         raise JobError(f"{problems} (see `sg3archive {command} --help`)") from None
 
 
-def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any) -> Any:
-    """Read a YAML manifest (any fsspec URL); ``overrides`` replace its fields (CLI flags)."""
+def load_job(url: str | Path, kind: type[BaseModel] = CompressJob, **overrides: Any) -> Any:
+    """Read a YAML manifest (any fsspec URL); ``overrides`` that are not None replace its fields."""
+    doc = read_manifest(url)
+    doc.update({k: v for k, v in overrides.items() if v is not None})
+    return make_job(kind, doc, manifest=url)
+
+
+def read_manifest(url: str | Path) -> dict[str, Any]:
+    """A job manifest's settings as a mapping (strict YAML, names as keys), not yet validated."""
     from sg3archive.pipeline.strict_yaml import MAX_MANIFEST_BYTES, StrictYAMLError, load_strict_yaml
 
     try:
@@ -223,5 +281,4 @@ def load_job(url: str | Path, kind: type[_Spec] = CompressJob, **overrides: Any)
     if odd:
         raise JobError(f"job manifest {url}: {', '.join(odd[:3])} is not a setting name; keys are names such as "
                        "destination or shard_size")
-    doc.update({k: v for k, v in overrides.items() if v is not None})
-    return make_job(kind, doc, manifest=url)
+    return doc
