@@ -13,8 +13,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from sg3archive.audit.record import audit_job, report_link, summary_markdown
-from sg3archive.pipeline.jobs import AuditJob, load_job, make_job
+from sg3archive.audit import Thresholds, audit_job, report_link, summary_markdown
+from sg3archive.pipeline import AuditJob, load_job, make_job
 
 
 class AuditFailed(Exception):
@@ -22,30 +22,42 @@ class AuditFailed(Exception):
 
 
 @task(name="audit-archive")
-def audit_task(job: dict[str, Any]) -> dict[str, Any]:
-    result, history, report_url = audit_job(AuditJob(**job))
-    return dict(result.record(), history=history, report=report_url)
+def audit_task(job: AuditJob) -> dict[str, Any]:
+    run = audit_job(job)
+    return dict(run.result.record(), history=run.history, report=run.report_url)
+
+
+def resolve_job(job: AuditJob | None, manifest: str | None, values: dict[str, Any], sample_size: int,
+                device: str) -> AuditJob:
+    """The job a flow run audits: the ``manifest`` (its fields replaced by those ``job`` sets,
+    then by ``values``), else ``job`` with ``values`` over it, else ``values`` with
+    ``sample_size`` and ``device`` (which apply only then, as before jobs were typed)."""
+    if manifest:
+        given = job.model_dump(exclude_unset=True) if job is not None else {}
+        return load_job(manifest, AuditJob, **dict(given, **values))
+    if job is not None:
+        return make_job(AuditJob, dict(job.model_dump(), **values))
+    return make_job(AuditJob, dict(values, sample_size=sample_size, device=device))
 
 
 @flow(name="audit", log_prints=True)
 def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | None = None, network: str | None = None,
-               encoder: str | None = None, report: str | None = None, thresholds: dict | None = None,
+               encoder: str | None = None, report: str | None = None, thresholds: Thresholds | None = None,
                device: str = "auto", manifest: str | None = None, source_roots: list[str] | None = None,
-               allow_http_sources: bool | None = None) -> dict[str, Any]:
-    """Audit ``archive`` (or per a YAML ``manifest``; given parameters override it); ``thresholds``
-    holds ``AuditThresholds`` fields (min_psnr, max_psnr_drop, min_ms_ssim, max_lpips, thumb_tolerance).
+               allow_http_sources: bool | None = None, job: AuditJob | None = None) -> dict[str, Any]:
+    """Audit ``archive``, or per a typed ``job`` (AuditJob) or a YAML ``manifest``: given parameters
+    override them (``sample_size`` and ``device`` only when neither is given). ``thresholds``
+    holds the ``Thresholds`` fields (min_psnr, max_psnr_drop, min_ms_ssim, max_lpips, thumb_tolerance).
     Sources are read only under the archive's recorded source roots, or ``source_roots`` when
     given; http(s) sources only with ``allow_http_sources``. A damaged newest manifest generation
     or audit history record is a problem: it fails the run."""
     values = {k: v for k, v in dict(archive=archive, seed=seed, network=network, encoder=encoder, report=report,
-                                    thresholds=thresholds, source_roots=source_roots,
-                                    allow_http_sources=allow_http_sources).items() if v is not None}
-    if manifest:
-        job = load_job(manifest, AuditJob, **values)
-    else:
-        job = make_job(AuditJob, dict(values, sample_size=sample_size, device=device))
-    archive = job.archive
-    rec = audit_task(job.model_dump())
+                                    thresholds=thresholds.model_dump() if thresholds is not None else None,
+                                    source_roots=source_roots, allow_http_sources=allow_http_sources).items()
+              if v is not None}
+    spec = resolve_job(job, manifest, values, sample_size, device)
+    archive = spec.archive
+    rec = audit_task(spec)
     m = rec["metrics"]
     create_table_artifact(key="audit-summary", table=[{
         "archive": archive, "passed": rec["passed"], "problems": len(rec["problems"]), "sampled": rec["sampled"],
@@ -54,8 +66,9 @@ def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | No
         "max_thumb_diff": m["thumb_diff"]["max"]}], description="nightly audit")
     create_markdown_artifact(key="audit-report", markdown=summary_markdown(rec, rec["report"]),
                              description=f"audit {rec['verdict']}")
-    if rec["report"]:
-        create_link_artifact(key="audit-report-html", link=report_link(rec["report"]), link_text="HTML audit report",
+    link = report_link(rec["report"])
+    if link:
+        create_link_artifact(key="audit-report-html", link=link, link_text="HTML audit report",
                              description=f"audit of {archive}")
     print(f"audit {rec['verdict']}: {len(rec['problems'])} problems, "
           f"{len(rec['unverified_sources'])} sources not verified")

@@ -8,11 +8,13 @@ Four checks, each turning what it finds into precise problem messages:
   own CRC; every audit history record matches its checksum; uncommitted (orphaned) shards are
   listed;
 * compatibility — the generator, encoder and codec model load and their fingerprints are the
-  ones the archive records;
+  ones the archive records (the archive and its models are opened once, through
+  :class:`~sg3archive.pipeline.session.ArchiveSession`; a mismatch is a problem, not an error);
 * determinism — a seeded sample of rows, stratified over shards, is decoded and synthesized; the
   reconstruction's 8×8 thumbnail must equal the one recorded at encode time within a tolerance
   (catches a changed library, weight file or device drift);
-* quality — where a source is still reachable with its recorded sha256, PSNR and MS-SSIM of the
+* quality — where a source is still reachable with its recorded sha256 (fitted to the generator's
+  square by :func:`sg3archive.images.load_fitted`, as compress did), PSNR and MS-SSIM of the
   reconstruction against it (and LPIPS when its weights are provisioned; otherwise a note says
   so and how to provision them), compared with the encode-time values and the job's thresholds.
 
@@ -22,7 +24,11 @@ elsewhere is not read but listed as ``refused``. A source that is gone, changed 
 unreadable or refused is not archive damage: the row is
 still restored and checked for determinism, and the source is listed in ``unverified_sources``
 (id, URI, reason) — visible everywhere, but it does not fail the audit. The verdict always says
-against which thresholds it was reached (:meth:`AuditResult.verdict`).
+against which thresholds it was reached (:meth:`AuditReport.verdict`).
+
+:func:`run_audit` is a sequence of named steps (open, records, shards, sample, per-batch checks,
+the per-row verdict :func:`quality_problems`); they fill an :class:`AuditResult` that is frozen
+into the :class:`AuditReport` it returns. Both share :class:`AuditFindings` (verdict, record).
 
 Memory is constant in the sample size: rows are read shard by shard and processed in batches,
 and only fixed-size accumulators and the worst few images are kept.
@@ -30,64 +36,45 @@ and only fixed-size accumulators and the worst few images are kept.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
 import posixpath
 import re
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from sg3archive.audit.accumulators import Stats, WorstN
-from sg3archive.audit.sources import allowed_source, job_roots
+from sg3archive.audit.sources import SourcePolicy, job_roots, reachable_source, recorded_max_pixels
+from sg3archive.audit.thresholds import QUALITY_THRESHOLDS, THRESHOLD_TEXT, Thresholds
+from sg3archive.codec import LatentCodec
 from sg3archive.codec.errors import CodecError
 from sg3archive.devices import resolve_device
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.images import sha256_hex, thumbnail, to_uint8
 from sg3archive.metrics import ms_ssim, psnr
-from sg3archive.pipeline.compress import recon_thumbnail
-from sg3archive.pipeline.models import fingerprint_mismatches, load_codec, load_models
-from sg3archive.pixels import to_uint8
-from sg3archive.store import format as fmt
+from sg3archive.networks.generator import Generator
+from sg3archive.pipeline.session import ArchiveSession, Models, cache, fingerprint_mismatches
 from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.inputs import FitInfo, decode_image, read_bytes, refit, sha256_hex, to_tensor
+from sg3archive.store.manifest import ShardRecord
 
 COLUMNS = ["id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb",
            "source_root", "source_uri_bytes"]
+STATS_RANGES = {"psnr": (0.0, 60.0), "ms_ssim": (0.0, 1.0), "psnr_drop": (-5.0, 5.0), "thumb_diff": (0.0, 32.0),
+                "lpips": (0.0, 1.0)}  # each metric's histogram axis
+
+__all__ = ["AuditFindings", "AuditReport", "AuditResult", "SourcePolicy", "ThresholdStatus", "Thresholds", "lpips_note",
+           "nightly_seed", "quality_problems", "run_audit", "shard_problem"]
 
 
-@dataclass(frozen=True)
-class SourcePolicy:
-    """Where the audit may read sources: ``roots`` (full URLs) named by the audit job, which
-    replace the archive's recorded roots when given; ``allow_http`` lets http(s) sources be read."""
+# When an audit fails and how each threshold reads: one home, sg3archive.audit.thresholds.
 
-    roots: tuple[str, ...] = ()
-    allow_http: bool = False
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """When an audit fails. ``None`` switches a check off."""
-
-    min_psnr: float | None = None  # dB, reconstruction vs reachable source
-    max_psnr_drop: float | None = 0.5  # dB below the encode-time PSNR
-    min_ms_ssim: float | None = None
-    max_lpips: float | None = None  # only checked when the LPIPS weights are provisioned
-    thumb_tolerance: int = 2  # max |difference| of the 8×8 thumbnail, in 0..255 levels
-
-
-# field: (its name when it is off, how it reads when set)
-THRESHOLD_TEXT = {
-    "max_psnr_drop": ("max PSNR drop", "PSNR drop ≤ {:g} dB vs encode time"),
-    "thumb_tolerance": ("thumbnail tolerance", "thumbnail difference ≤ {:g} levels"),
-    "min_psnr": ("min PSNR", "PSNR ≥ {:g} dB"),
-    "min_ms_ssim": ("min MS-SSIM", "MS-SSIM ≥ {:g}"),
-    "max_lpips": ("max LPIPS", "LPIPS ≤ {:g}"),
-}
-QUALITY_THRESHOLDS = ("max_psnr_drop", "min_psnr", "min_ms_ssim", "max_lpips")  # need a compared source
 UNVERIFIED_POLICY = ("not archive damage, so they do not fail the audit: these rows were restored and checked for "
                      "determinism, but their quality was not measured")
 
@@ -108,28 +95,35 @@ class ThresholdStatus:
         return not self.why_not
 
 
-@dataclass
-class AuditResult:
+class AuditFindings:
+    """What an audit found, and how it reads: the verdict, the thresholds it was reached against,
+    the quality measured, the JSON record. Shared by :class:`AuditReport` (what :func:`run_audit`
+    returns) and :class:`AuditResult` (the same findings, mutable: what a run fills in)."""
+
     archive: str
     started_at: str
     seed: int
     sample_size: int
     thresholds: Thresholds
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # what was not measured, and why
-    sampled: int = 0
-    compared: int = 0  # rows whose source was reachable with its recorded sha256
-    shards_checked: int = 0
-    orphans: list[str] = field(default_factory=list)
-    unverified_sources: list[dict[str, str]] = field(default_factory=list)  # {id, uri, kind, reason}
-    lpips_measured: bool = False
-    stats: dict[str, Stats] = field(default_factory=dict)
-    worst: list[tuple[float, dict]] = field(default_factory=list)
-    seconds: float = 0.0
+    problems: Sequence[str]
+    notes: Sequence[str]  # what was not measured, and why
+    sampled: int
+    compared: int  # rows whose source was reachable with its recorded sha256
+    shards_checked: int
+    orphans: Sequence[str]
+    unverified_sources: Sequence[dict[str, str]]  # {id, uri, kind, reason}
+    lpips_measured: bool
+    stats: Mapping[str, Stats]
+    worst: Sequence[tuple[float, dict]]
+    seconds: float
 
     @property
     def passed(self) -> bool:
         return not self.problems
+
+    def problems_of(self, check: str) -> list[str]:
+        """The problems one check (``integrity``, ``compatibility``, ``determinism``, ``quality``) found."""
+        return [p for p in self.problems if p.startswith(f"{check}:")]
 
     def threshold_status(self) -> list[ThresholdStatus]:
         """Each threshold and whether it was applied: a set one that could not be (no source
@@ -168,7 +162,9 @@ class AuditResult:
         if p is None or not p.n:
             why = "no sampled row's source was reachable unchanged" if self.sampled else "no rows were sampled"
             return f"quality not measured: {why}"
-        text = f"mean PSNR {p.mean:.2f} dB (min {p.min:.2f}), MS-SSIM {s.mean:.3f}"
+        text = f"mean PSNR {p.mean:.2f} dB (min {p.min:.2f})"
+        if s is not None and s.n:
+            text += f", MS-SSIM {s.mean:.3f}"
         lp = self.stats.get("lpips")
         if lp is not None and lp.n:
             text += f", LPIPS {lp.mean:.3f}"
@@ -183,9 +179,63 @@ class AuditResult:
             "shards_checked": self.shards_checked, "orphans": list(self.orphans), "seconds": self.seconds,
             "verdict": self.verdict(), "quality": self.quality_text(),
             "unverified_sources": [dict(u) for u in self.unverified_sources],
-            "thresholds": vars(self.thresholds),
+            "thresholds": self.thresholds.model_dump(),
             "metrics": {k: v.summary() for k, v in self.stats.items()},
         }
+
+
+@dataclass(frozen=True)
+class AuditReport(AuditFindings):
+    """What :func:`run_audit` found (frozen): ``problems`` (empty: ``passed``), ``notes``, counts,
+    ``unverified_sources``, the metric ``stats`` and the ``worst`` few images."""
+
+    archive: str
+    started_at: str
+    seed: int
+    sample_size: int
+    thresholds: Thresholds
+    problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    sampled: int = 0
+    compared: int = 0
+    shards_checked: int = 0
+    orphans: tuple[str, ...] = ()
+    unverified_sources: tuple[dict[str, str], ...] = ()
+    lpips_measured: bool = False
+    stats: Mapping[str, Stats] = field(default_factory=dict)
+    worst: tuple[tuple[float, dict], ...] = ()
+    seconds: float = 0.0
+
+
+@dataclass
+class AuditResult(AuditFindings):
+    """The findings of an audit while it runs (mutable; the fields of :class:`AuditReport`).
+    :meth:`report` freezes them. Also how tests and tools build findings by hand."""
+
+    archive: str
+    started_at: str
+    seed: int
+    sample_size: int
+    thresholds: Thresholds
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    sampled: int = 0
+    compared: int = 0
+    shards_checked: int = 0
+    orphans: list[str] = field(default_factory=list)
+    unverified_sources: list[dict[str, str]] = field(default_factory=list)
+    lpips_measured: bool = False
+    stats: dict[str, Stats] = field(default_factory=dict)
+    worst: list[tuple[float, dict]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def report(self) -> AuditReport:
+        """These findings, frozen."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(AuditReport)}
+        for name in ("problems", "notes", "orphans", "unverified_sources", "worst"):
+            values[name] = tuple(values[name])
+        values["stats"] = dict(self.stats)
+        return AuditReport(**values)
 
 
 def nightly_seed(when: dt.date | None = None) -> int:
@@ -212,194 +262,251 @@ def run_audit(archive: str, *, sample_size: int = 32, seed: int | None = None, n
               encoder: str | None = None, device: str = "auto", thresholds: Thresholds | None = None,
               storage_options: dict | None = None, source_storage_options: dict | None = None,
               batch_size: int = 16, worst: int = 8, lpips: bool = True, progress: bool = False,
-              source_roots: list[str] | None = None, allow_http_sources: bool = False) -> AuditResult:
+              source_roots: list[str] | None = None, allow_http_sources: bool = False) -> AuditReport:
     """Audit the archive at ``archive`` (see the module docstring). Never raises for what it
     finds: every finding is a line in ``problems``; ``passed`` is True when there is none.
     ``progress`` shows tqdm bars (shards verified, rows sampled) on stderr. Sources are read only
     under ``source_roots`` when given, else under each row's recorded root; http(s) sources only
-    with ``allow_http_sources``."""
-    resolve_device(device)  # a device this machine lacks is the caller's mistake, not an archive problem
+    with ``allow_http_sources``.
+
+    The steps, in order: open the archive and its models (:func:`_open`), check the manifest and
+    the history (:func:`_check_records`) and every shard (:func:`_check_shards`), draw the sample
+    (:func:`_sample`), then per shard and batch decode, synthesize and compare with the sources
+    (:class:`_SampleCheck`); each row's verdict is :func:`quality_problems`."""
+    dev = resolve_device(device)  # a device this machine lacks is the caller's mistake, not an archive problem
     started = dt.datetime.now(dt.timezone.utc)
     seed = nightly_seed() if seed is None else seed
-    res = AuditResult(archive, started.isoformat(timespec="seconds"), seed, sample_size, thresholds or Thresholds())
-    res.stats = {"psnr": Stats(0.0, 60.0), "ms_ssim": Stats(0.0, 1.0), "psnr_drop": Stats(-5.0, 5.0),
-                 "thumb_diff": Stats(0.0, 32.0), "lpips": Stats(0.0, 1.0)}
-    store = ArchiveStore.open(archive, storage_options=storage_options)
-    settings = store.settings
-    policy = SourcePolicy(tuple(job_roots(source_roots, source_storage_options)), allow_http_sources)
+    found = AuditResult(archive, started.isoformat(timespec="seconds"), seed, sample_size,
+                        thresholds if thresholds is not None else Thresholds.model_validate({}))
+    found.stats = {name: Stats(lo, hi) for name, (lo, hi) in STATS_RANGES.items()}
+    store, session, incompatible = _open(archive, storage_options=storage_options, network=network, encoder=encoder,
+                                         device=dev)
+    _check_records(store, found, storage_options)
+    good_shards = _check_shards(store, found, progress)
+    found.problems += incompatible
+    if session is not None and session.models is not None and not incompatible:
+        check = _SampleCheck(session.models, session.codec, found, WorstN(worst),
+                             _perceptual(lpips, session.models.device, found),
+                             SourcePolicy(tuple(job_roots(source_roots, source_storage_options)), allow_http_sources,
+                                          recorded_max_pixels(store.settings)),
+                             source_storage_options)
+        picks = _sample([r.rows for r in good_shards], sample_size, seed)
+        check.run(store, good_shards, picks, batch_size, progress)
+        found.worst = check.worst.items()
+    # else: it cannot synthesize faithfully, so determinism and quality are not measured
+    found.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    return found.report()
 
-    # The manifest and the audit history: damage readers would skip, or not notice.
-    store.manifest()
-    res.problems += [f"integrity: {m}" for m in store.damage]
-    res.notes += [f"manifest: {m}" for m in store.pending]
+
+# -- the steps --------------------------------------------------------------------------------
+def _open(archive: str, *, storage_options: dict | None, network: str | None, encoder: str | None,
+          device: torch.device) -> tuple[ArchiveStore, ArchiveSession | None, list[str]]:
+    """Open the archive with its models, once: ``(store, session, compatibility problems)``.
+
+    Through :meth:`ArchiveSession.open` with ``check=False``: fingerprints that differ are
+    problems, not errors. When a model does not load the session is None, the store is opened on
+    its own (integrity is still checked) and the problems say which model failed and why. An
+    archive that cannot be opened at all raises, as the caller's mistake."""
+    try:
+        session = ArchiveSession.open(archive, storage_options=storage_options, network=network, encoder=encoder,
+                                      device=device, check=False)
+    except Sg3ArchiveError as exc:
+        failure = exc
+    else:
+        return session.store, session, [f"compatibility: {m}" for m in session.mismatches]
+    store = ArchiveStore.open(archive, storage_options=storage_options)
+    return store, None, _load_problems(store, failure, storage_options, network, encoder, device)
+
+
+def _load_problems(store: ArchiveStore, failure: Sg3ArchiveError, storage_options: dict | None,
+                   network: str | None, encoder: str | None, device: torch.device) -> list[str]:
+    """Why the session did not open, per model: the generator/encoder (loaded first) and the
+    archive's codec; models that do load are still compared with the archive's fingerprints."""
+    try:
+        cache.codec(store.codec_url, storage_options)
+    except Sg3ArchiveError as exc:
+        codec_failure: Sg3ArchiveError = exc
+    else:  # the codec loads, so the models did not
+        return [f"compatibility: the generator/encoder do not load: {failure}"]
+    problems, models = [], None
+    try:
+        models = cache.models(network, encoder, device)
+    except Sg3ArchiveError as exc:
+        problems.append(f"compatibility: the generator/encoder do not load: {exc}")
+    problems.append(f"compatibility: the archive's codec model does not load: {codec_failure}")
+    if models is not None:
+        problems += [f"compatibility: {m}" for m in fingerprint_mismatches(store.settings, models, None)]
+    return problems
+
+
+def _check_records(store: ArchiveStore, found: AuditResult, storage_options: dict | None) -> None:
+    """The manifest and the audit history: damage that readers would skip, or not notice."""
     from sg3archive.audit.history import load_history  # history imports this module
 
-    res.problems += [f"integrity: {m}" for m in load_history(archive, storage_options).problems]
+    store.manifest()
+    found.problems += [f"integrity: {m}" for m in store.damage]
+    found.notes += [f"manifest: {m}" for m in store.pending]
+    found.problems += [f"integrity: {m}" for m in load_history(found.archive, storage_options).problems]
 
-    # Integrity of every committed shard, and orphans.
-    good_shards = []
+
+def _check_shards(store: ArchiveStore, found: AuditResult, progress: bool) -> list[ShardRecord]:
+    """Verify every committed shard (images and failures) and list the orphans; returns the image
+    shards found intact, the ones the sample is drawn from."""
+    good = []
     records = store.shards("images") + store.shards("failures")
     for record in tqdm(records, desc="audit: shards", unit="shard", file=sys.stderr, disable=not progress):
-        found = store.verify_shard(record)
-        res.shards_checked += 1
-        res.problems += [f"integrity: shard {record.name}: {shard_problem(record.name, p)}" for p in found]
-        if not found and record.kind == "images":
-            good_shards.append(record)
-    res.orphans = store.orphans()
+        problems = store.verify_shard(record)
+        found.shards_checked += 1
+        found.problems += [f"integrity: shard {record.name}: {shard_problem(record.name, p)}" for p in problems]
+        if not problems and record.kind == "images":
+            good.append(record)
+    found.orphans = store.orphans()
+    return good
 
-    # Compatibility: the models load and are the archive's.
-    models = codec = None
-    try:
-        models = load_models(network, encoder, device)
-    except Sg3ArchiveError as exc:
-        res.problems.append(f"compatibility: the generator/encoder do not load: {exc}")
-    try:
-        codec = load_codec(store.codec_url, storage_options)
-    except Sg3ArchiveError as exc:
-        res.problems.append(f"compatibility: the archive's codec model does not load: {exc}")
-    res.problems += [f"compatibility: {m}" for m in fingerprint_mismatches(settings, models, codec)]
-    if models is None or codec is None or any(p.startswith("compatibility") for p in res.problems):
-        res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-        return res  # cannot synthesize faithfully: determinism and quality are not measured
 
-    # Determinism and quality on a stratified, seeded sample.
+def _sample(rows: list[int], sample_size: int, seed: int) -> list[np.ndarray]:
+    """The seeded sample: per shard (``rows`` each), the sorted row indices to check."""
+    return _allocate(rows, sample_size, np.random.default_rng(seed))
+
+
+def _perceptual(lpips: bool, device: torch.device, found: AuditResult) -> Any:
+    """The LPIPS metric on ``device``, or None with a note saying why it is not measured."""
     perceptual = None
     if lpips:
         from sg3archive.metrics import LPIPS
         from sg3archive.metrics.quality import LpipsUnavailableError
 
         try:
-            perceptual = LPIPS("alex", device=models.device)
+            perceptual = LPIPS("alex", device=device)
         except LpipsUnavailableError as exc:
-            res.notes.append(lpips_note(str(exc), res.thresholds.max_lpips is not None))
+            found.notes.append(lpips_note(str(exc), found.thresholds.max_lpips is not None))
     else:
-        res.notes.append("LPIPS not measured: switched off (lpips: false in the audit job)")
-    res.lpips_measured = perceptual is not None
-    rng = np.random.default_rng(seed)
-    picks = _allocate([r.rows for r in good_shards], sample_size, rng)
-    worst_n = WorstN(worst)
-    with tqdm(total=sum(len(i) for i in picks), desc="audit: rows", unit="img", file=sys.stderr,
-              disable=not progress) as bar:
-        for record, idx in zip(good_shards, picks):
-            if not len(idx):
+        found.notes.append("LPIPS not measured: switched off (lpips: false in the audit job)")
+    found.lpips_measured = perceptual is not None
+    return perceptual
+
+
+@dataclass
+class _SampleCheck:
+    """Determinism and quality on the sample, shard by shard and batch by batch: payload
+    integrity, decoding, synthesis, the thumbnail against encode time, the source comparison."""
+
+    models: Models
+    codec: LatentCodec
+    found: AuditResult
+    worst: WorstN
+    perceptual: Any
+    policy: SourcePolicy
+    source_storage_options: dict | None
+
+    def run(self, store: ArchiveStore, shards: list[ShardRecord], picks: list[np.ndarray], batch_size: int,
+            progress: bool) -> None:
+        with tqdm(total=sum(len(i) for i in picks), desc="audit: rows", unit="img", file=sys.stderr,
+                  disable=not progress) as bar:
+            for record, idx in zip(shards, picks):
+                if not len(idx):
+                    continue
+                rows = store.read_table("images", columns=COLUMNS, shard_names=[record.name]).take(idx).to_pylist()
+                for start in range(0, len(rows), batch_size):
+                    batch = rows[start : start + batch_size]
+                    self.batch(batch, record.name)
+                    bar.update(len(batch))
+
+    def batch(self, rows: list[dict], shard: str) -> None:
+        """Check one batch of sampled rows of ``shard``."""
+        rows, ws = self._decode(self._intact(rows, shard), shard)
+        if ws is None:
+            return
+        generator = cast(Generator, self.models.G)
+        with torch.no_grad():
+            recon = generator.synthesis(ws.to(self.models.device)).clamp(-1, 1)
+        for row, img in zip(rows, recon):
+            self._determinism(row, img)
+            self._compare(row, img)
+
+    def _intact(self, rows: list[dict], shard: str) -> list[dict]:
+        """The rows whose payload matches its recorded sha256 (the others are problems)."""
+        ok = []
+        for row in rows:
+            self.found.sampled += 1
+            got = sha256_hex(row["payload"])
+            if got != row["payload_sha256"]:
+                self.found.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: "
+                                           f"payload sha256 mismatch: expected {row['payload_sha256']} found {got}")
                 continue
-            table = store.read_table("images", columns=COLUMNS, shard_names=[record.name]).take(idx)
-            rows = table.to_pylist()
-            del table
-            for start in range(0, len(rows), batch_size):
-                batch = rows[start : start + batch_size]
-                _audit_batch(batch, record.name, models, codec, res, worst_n, source_storage_options, perceptual,
-                             policy)
-                bar.update(len(batch))
-    res.worst = worst_n.items()
-    res.seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-    return res
+            ok.append(row)
+        return ok
 
-
-def _audit_batch(rows: list[dict], shard: str, models, codec, res: AuditResult, worst: WorstN,
-                 source_storage_options: dict | None, perceptual=None, policy: SourcePolicy | None = None) -> None:
-    th = res.thresholds
-    ok = []
-    for row in rows:
-        res.sampled += 1
-        found = sha256_hex(row["payload"])
-        if found != row["payload_sha256"]:
-            res.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: "
-                                f"payload sha256 mismatch: expected {row['payload_sha256']} found {found}")
-            continue
-        ok.append(row)
-    if not ok:
-        return
-    try:
-        ws = codec.decompress([r["payload"] for r in ok]).to(models.device)
-    except CodecError:  # find the bad payload(s) one by one
+    def _decode(self, rows: list[dict], shard: str) -> tuple[list[dict], torch.Tensor | None]:
+        """``(rows whose payload decodes, their W+ codes)``; a payload that does not decode is a
+        problem (found one by one when the batch fails)."""
+        if not rows:
+            return rows, None
+        try:
+            return rows, self.codec.decompress([r["payload"] for r in rows])
+        except CodecError:
+            pass
         good = []
-        for r in ok:
+        for r in rows:
             try:
-                codec.decompress([r["payload"]])
+                self.codec.decompress([r["payload"]])
                 good.append(r)
             except CodecError as exc:
-                res.problems.append(f"integrity: row {r['id']} in {shard}: payload does not decode ({exc})")
-        ok = good
-        if not ok:
-            return
-        ws = codec.decompress([r["payload"] for r in ok]).to(models.device)
-    with torch.no_grad():
-        recon = models.G.synthesis(ws).clamp(-1, 1)
-    for row, img in zip(ok, recon):
-        diff = int(np.abs(recon_thumbnail(img.cpu()).astype(np.int16) - np.frombuffer(row["recon_thumb"], np.uint8).reshape(8, 8, 3)).max())
-        res.stats["thumb_diff"].add(float(diff))
-        if diff > th.thumb_tolerance:
-            res.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently from "
-                                f"encode time (thumbnail differs by {diff} levels > {th.thumb_tolerance})")
-        source, unverified = _reachable_source(row, models.resolution, source_storage_options, policy)
+                self.found.problems.append(f"integrity: row {r['id']} in {shard}: payload does not decode ({exc})")
+        if not good:
+            return good, None
+        return good, self.codec.decompress([r["payload"] for r in good])
+
+    def _determinism(self, row: dict, img: torch.Tensor) -> None:
+        """The reconstruction's thumbnail against the one recorded at encode time."""
+        tolerance = self.found.thresholds.thumb_tolerance
+        recorded = np.frombuffer(row["recon_thumb"], np.uint8).reshape(8, 8, 3)
+        diff = int(np.abs(thumbnail(img.cpu()).astype(np.int16) - recorded).max())
+        self.found.stats["thumb_diff"].add(float(diff))
+        if diff > tolerance:
+            self.found.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently "
+                                       f"from encode time (thumbnail differs by {diff} levels > {tolerance})")
+
+    def _compare(self, row: dict, img: torch.Tensor) -> None:
+        """The reconstruction against its source, where the source may be read and is unchanged
+        (else it is listed in ``unverified_sources``); the metrics, the worst images, the verdict."""
+        found = self.found
+        source, unverified = reachable_source(row, self.source_storage_options, self.policy)
         if source is None:
-            res.unverified_sources.append(unverified)
-            continue
-        res.compared += 1
-        x = source.to(models.device)[None]
+            if unverified is not None:
+                found.unverified_sources.append(unverified)
+            return
+        found.compared += 1
+        x = source.to(self.models.device)[None]
         p, s = float(psnr(img[None], x)[0]), float(ms_ssim(img[None], x)[0])
-        res.stats["psnr"].add(p)
-        res.stats["ms_ssim"].add(s)
+        found.stats["psnr"].add(p)
+        found.stats["ms_ssim"].add(s)
         drop = (row["psnr"] - p) if row["psnr"] is not None and math.isfinite(p) else float("nan")
-        res.stats["psnr_drop"].add(drop)
-        lp = float(perceptual(img[None], x)[0]) if perceptual is not None else None
+        found.stats["psnr_drop"].add(drop)
+        lp = float(self.perceptual(img[None], x)[0]) if self.perceptual is not None else None
         if lp is not None:
-            res.stats["lpips"].add(lp)
-        worst.add(p, {"id": row["id"], "source_uri": row["source_uri"], "psnr": p, "ms_ssim": s,
-                      "original": to_uint8(x)[0], "restored": to_uint8(img[None])[0]})
+            found.stats["lpips"].add(lp)
+        self.worst.add(p, {"id": row["id"], "source_uri": row["source_uri"], "psnr": p, "ms_ssim": s,
+                           "original": to_uint8(x)[0], "restored": to_uint8(img[None])[0]})
         where = f"row {row['id']} ({row['source_uri']})"
-        if th.max_psnr_drop is not None and drop > th.max_psnr_drop:
-            res.problems.append(f"quality: {where}: PSNR {p:.2f} dB is {drop:.2f} dB below encode time "
-                                f"({row['psnr']:.2f} dB; allowed drop {th.max_psnr_drop} dB)")
-        if th.min_psnr is not None and p < th.min_psnr:
-            res.problems.append(f"quality: {where}: PSNR {p:.2f} dB below the threshold {th.min_psnr} dB")
-        if th.min_ms_ssim is not None and s < th.min_ms_ssim:
-            res.problems.append(f"quality: {where}: MS-SSIM {s:.3f} below the threshold {th.min_ms_ssim}")
-        if th.max_lpips is not None and lp is not None and lp > th.max_lpips:
-            res.problems.append(f"quality: {where}: LPIPS {lp:.3f} above the threshold {th.max_lpips}")
+        found.problems += quality_problems(where, found.thresholds, psnr=p, ms_ssim=s, lpips=lp, drop=drop,
+                                           encoded_psnr=row["psnr"])
 
 
-def _reachable_source(row: dict, resolution: int, storage_options: dict | None,
-                      policy: SourcePolicy | None = None) -> tuple[torch.Tensor | None, dict[str, str] | None]:
-    """``(fitted source, None)`` when the source may be read (:mod:`sg3archive.audit.sources`:
-    under the job's ``policy.roots``, else the row's recorded ``source_root``), can still be read
-    and its sha256 is the recorded one; else ``(None, {id, uri, kind, reason})`` with kind
-    ``refused`` (not read: outside the roots, a scheme the audit does not read, http(s) unless
-    allowed, a symlink out), ``missing``, ``changed`` or ``unreadable`` (any error reading or
-    decoding it: one source's failure is recorded, the audit goes on)."""
-    uri = fmt.exact_uri(row)  # a surrogateescape str for a name that is not UTF-8
-    exact = row.get("source_uri_bytes") is not None
-    recorded_root = fmt.unstored_text(row["source_root"]) if exact and row.get("source_root") else row.get("source_root")
-    policy = policy or SourcePolicy()
-
-    def unverified(kind: str, reason: str) -> tuple[None, dict[str, str]]:
-        return None, {"id": row["id"], "uri": uri, "kind": kind, "reason": reason}
-
-    recorded = not policy.roots
-    roots = list(policy.roots) if policy.roots else [r for r in [recorded_root] if r]
-    decision = allowed_source(uri, roots, policy.allow_http, recorded=recorded)
-    if decision.read is None:
-        return unverified("refused", decision.reason or f"source not read: {uri}")
-    try:  # decision.read is exactly what allowed_source checked: a local real path, or the URI itself
-        data = read_bytes(decision.read, storage_options)
-    except FileNotFoundError:
-        return unverified("missing", f"source missing: {uri}")
-    except Exception as exc:  # noqa: BLE001 - any backend's failure (EOFError, aiohttp, ftplib…) is this source's
-        return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
-    found = sha256_hex(data)
-    if found != row["source_sha256"]:
-        return unverified("changed", f"source changed: {uri}: sha256 expected {row['source_sha256']} found {found}")
-    try:
-        img = decode_image(data)
-        square = refit(img.rgb, FitInfo.from_json(row["fit"]))  # the square exactly as compress made it
-    except Exception as exc:  # noqa: BLE001 - a decoder's failure on one source never ends the audit
-        return unverified("unreadable", f"source unreadable: {uri}: {_one_line(exc)}")
-    return to_tensor(square), None
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+def quality_problems(where: str, th: Thresholds, *, psnr: float, ms_ssim: float, lpips: float | None, drop: float,
+                     encoded_psnr: float | None) -> list[str]:
+    """The verdict on one compared row: a ``quality`` problem per threshold it misses."""
+    out = []
+    if th.max_psnr_drop is not None and drop > th.max_psnr_drop:
+        out.append(f"quality: {where}: PSNR {psnr:.2f} dB is {drop:.2f} dB below encode time "
+                   f"({encoded_psnr:.2f} dB; allowed drop {th.max_psnr_drop} dB)")
+    if th.min_psnr is not None and psnr < th.min_psnr:
+        out.append(f"quality: {where}: PSNR {psnr:.2f} dB below the threshold {th.min_psnr} dB")
+    if th.min_ms_ssim is not None and ms_ssim < th.min_ms_ssim:
+        out.append(f"quality: {where}: MS-SSIM {ms_ssim:.3f} below the threshold {th.min_ms_ssim}")
+    if th.max_lpips is not None and lpips is not None and lpips > th.max_lpips:
+        out.append(f"quality: {where}: LPIPS {lpips:.3f} above the threshold {th.max_lpips}")
+    return out
 
 
 # ArchiveStore.verify_shard's findings, each "<shard>: <what>", reworded as "<what> mismatch: expected … found …"

@@ -4,61 +4,66 @@ Each file is named ``<started>-<8 hex>-<sha256 of the file>.parquet``: the name 
 checksum of the content, so a changed byte anywhere in a record is found when it is read
 (:func:`load_history` lists it as a problem; :func:`read_history` raises). Records written before
 names carried a checksum (``<started>-<8 hex>.parquet``) are read as ``unverified``. History files
-are archive files: read with a size cap, regular files only, never through a symlink.
+are archive files: read with a size cap, regular files only, never through a symlink. They are
+written whole (:func:`sg3archive.atomic.write_bytes`) in the folder the archive layout names
+(:data:`sg3archive.store.layout.AUDIT_DIR`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sg3archive.audit.checks import AuditResult
+from sg3archive import atomic
+from sg3archive.audit.checks import AuditFindings
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.store.bounded import (
     HISTORY_RECORD_CAP,
     ShardRefusedError,
     UnsafeArchiveFileError,
     check_footer,
-    is_local,
     own_folder,
     read_bounded,
 )
+from sg3archive.store.layout import AUDIT_DIR  # the folder's name: one home, the archive layout
 
-AUDIT_DIR = "_audit"
 SCHEMA = pa.schema([
     ("started_at", pa.string()), ("passed", pa.bool_()), ("seed", pa.int64()), ("sampled", pa.int64()),
     ("compared", pa.int64()), ("problems", pa.int64()), ("mean_psnr", pa.float64()), ("mean_ms_ssim", pa.float64()),
     ("max_thumb_diff", pa.float64()), ("seconds", pa.float64()), ("record", pa.string()),
 ])
 CHECKED_NAME = re.compile(r"^(?P<stem>.+)-(?P<sha256>[0-9a-f]{64})\.parquet$")
-TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = atomic.TEMP_PREFIX  # half-written records (never read) start with this
 
 
 class AuditHistoryDamagedError(Sg3ArchiveError):
     """A record of the archive's audit history does not match its checksum or cannot be read."""
 
 
-@dataclass
-class History:
+@dataclass(frozen=True)
+class HistoryReport:
     """What ``_audit/`` holds: ``rows`` (oldest first; each with ``checksum``: "verified" or
     "unverified"), ``problems`` (one line per damaged or unreadable record, which is not in rows)."""
 
-    rows: list[dict] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
+    rows: tuple[dict[str, Any], ...] = ()
+    problems: tuple[str, ...] = ()
 
 
-def append_record(result: AuditResult, storage_options: dict | None = None) -> str:
+History = HistoryReport  # the name before issue 12
+
+
+def append_record(result: AuditFindings, storage_options: dict | None = None) -> str:
     """Write this audit's row; returns its URL. The file's sha256 is part of its name; it is written
-    whole under that name in one PUT (or a local rename), so history files are never partial."""
+    whole under that name (:func:`sg3archive.atomic.write_bytes`), so history files are never partial."""
     fs, root = fsspec.core.url_to_fs(result.archive, **(storage_options or {}))
     folder = own_folder(fs, root, AUDIT_DIR, result.archive)  # never write a record through a link out
     rec = result.record()
@@ -73,19 +78,11 @@ def append_record(result: AuditResult, storage_options: dict | None = None) -> s
     stamp = result.started_at.replace(":", "").replace("-", "")
     name = f"{stamp}-{uuid.uuid4().hex[:8]}-{hashlib.sha256(data).hexdigest()}.parquet"
     path = posixpath.join(folder, name)
-    if is_local(fs):
-        temp = posixpath.join(folder, f"{TEMP_PREFIX}{name}")
-        with open(temp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    else:
-        fs.pipe_file(path, data)
+    atomic.write_bytes(fs, path, data)
     return fs.unstrip_protocol(path)
 
 
-def load_history(archive: str, storage_options: dict | None = None) -> History:
+def load_history(archive: str, storage_options: dict | None = None) -> HistoryReport:
     """Every past audit of ``archive``, each record checked against the checksum in its name.
     Never raises for a bad record: it is left out of ``rows`` and described in ``problems``."""
     fs, root = fsspec.core.url_to_fs(archive, **(storage_options or {}))
@@ -95,18 +92,19 @@ def load_history(archive: str, storage_options: dict | None = None) -> History:
     try:
         names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False))
     except (FileNotFoundError, NotADirectoryError):
-        return History()
-    history = History()
+        return HistoryReport()
+    rows: list[dict[str, Any]] = []
+    problems: list[str] = []
     for name in names:
         if not name.endswith(".parquet") or name.startswith("."):
             continue
         row, problem = _read_record(fs, posixpath.join(folder, name), name, root)
-        if problem:
-            history.problems.append(problem)
+        if row is not None:
+            rows.append(row)
         else:
-            history.rows.append(row)
-    history.rows.sort(key=lambda r: str(r["started_at"]))
-    return history
+            problems.append(problem or f"audit history record {AUDIT_DIR}/{name} is unreadable")
+    rows.sort(key=lambda r: str(r["started_at"]))
+    return HistoryReport(tuple(rows), tuple(problems))
 
 
 def _read_record(fs: fsspec.AbstractFileSystem, path: str, name: str, root: str) -> tuple[dict | None, str | None]:
@@ -148,4 +146,4 @@ def read_history(archive: str, storage_options: dict | None = None) -> list[dict
         raise AuditHistoryDamagedError(
             f"{len(history.problems)} record(s) of the audit history of {archive} are damaged: "
             + " | ".join(history.problems))
-    return history.rows
+    return list(history.rows)

@@ -2,44 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditResult, Thresholds, run_audit
+from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditReport, Thresholds, run_audit
 from sg3archive.audit.history import append_record, load_history
 from sg3archive.audit.report import render_report
 from sg3archive.text import printable
 
+if TYPE_CHECKING:
+    from sg3archive.pipeline.jobs import AuditJob
+
+
+@dataclass(frozen=True)
+class AuditRunReport:
+    """One recorded audit: ``result`` (what it found), ``history`` (the URL of its history
+    record) and ``report_url`` (the HTML report, or None). Unpacks as the tuple
+    ``(result, history, report_url)`` that callers used before it had a name."""
+
+    result: AuditReport
+    history: str
+    report_url: str | None
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter((self.result, self.history, self.report_url))
+
 
 def audit_and_record(archive: str, *, report: str | None = None, thresholds: Thresholds | None = None,
-                     storage_options: dict | None = None, **kwargs) -> tuple[AuditResult, str, str | None]:
-    """``(result, history file URL, report URL or None)``; ``kwargs`` go to :func:`run_audit`."""
+                     storage_options: dict | None = None, **kwargs: Any) -> AuditRunReport:
+    """Audit, append the record to the archive's history and write the HTML report (when
+    ``report`` is given); ``kwargs`` go to :func:`run_audit`."""
     result = run_audit(archive, thresholds=thresholds, storage_options=storage_options, **kwargs)
     history_url = append_record(result, storage_options)
     report_url = None
     if report:
-        page = render_report(result, load_history(archive, storage_options).rows)  # damaged ones: in problems
+        page = render_report(result, list(load_history(archive, storage_options).rows))  # damaged: in problems
         with fsspec.open(str(report), "w", encoding="utf-8") as f:
             f.write(page)
         report_url = str(Path(report).resolve()) if "://" not in str(report) else str(report)
-    return result, history_url, report_url
+    return AuditRunReport(result, history_url, report_url)
 
 
-def audit_job(job, progress: bool = False) -> tuple[AuditResult, str, str | None]:
+def audit_job(job: AuditJob, progress: bool = False) -> AuditRunReport:
     """Run an :class:`~sg3archive.pipeline.jobs.AuditJob` (a manifest, the CLI or the flow);
     ``progress`` shows tqdm bars on stderr."""
     return audit_and_record(
-        job.archive, report=job.report, thresholds=Thresholds(**job.thresholds.model_dump()),
+        job.archive, report=job.report, thresholds=job.thresholds,
         storage_options=job.storage_options or None, sample_size=job.sample_size, seed=job.seed,
         network=job.network, encoder=job.encoder, device=job.device, lpips=job.lpips,
         source_storage_options=job.source_storage_options or None, progress=progress,
-        source_roots=list(getattr(job, "source_roots", None) or []) or None,
-        allow_http_sources=bool(getattr(job, "allow_http_sources", False)))
+        source_roots=list(job.source_roots) or None, allow_http_sources=job.allow_http_sources)
 
 
 def summary_lines(rec: dict, report_url: str | None = None, limit: int = 10) -> list[str]:
-    """The audit record (:meth:`AuditResult.record`) as text: the verdict with its thresholds, the
+    """The audit record (:meth:`AuditReport.record`) as text: the verdict with its thresholds, the
     absolute quality, what was checked, every problem, up to ``limit`` unverified sources (then
     "… and K more"), the notes (in full: they say what to do) and where the report is."""
     lines = [f"audit {rec['verdict']}", f"  quality: {rec['quality']}",

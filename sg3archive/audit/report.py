@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image
 
 from sg3archive.audit.accumulators import Stats
-from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditResult
+from sg3archive.audit.checks import UNVERIFIED_POLICY, AuditFindings
+from sg3archive.audit.thresholds import THRESHOLD_MEANING
 
 # metric: (axis title, the threshold drawn on its histogram)
 METRICS = {
@@ -26,14 +27,8 @@ METRICS = {
     "thumb_diff": ("8×8 thumbnail difference (levels of 255)", "thumb_tolerance"),
     "lpips": ("LPIPS vs source (0 = identical)", "max_lpips"),
 }
-# threshold: (unit, fails the audit when)
-THRESHOLD_MEANING = {
-    "max_psnr_drop": ("dB", "a reconstruction's PSNR is more than this below its encode-time PSNR"),
-    "thumb_tolerance": ("levels", "the reconstruction's 8×8 thumbnail differs from the encode-time one by more"),
-    "min_psnr": ("dB", "a reconstruction's PSNR against its source is below this"),
-    "min_ms_ssim": ("", "a reconstruction's MS-SSIM against its source is below this"),
-    "max_lpips": ("", "a reconstruction's LPIPS against its source is above this"),
-}
+# threshold: (unit, fails the audit when); its home: sg3archive.audit.thresholds
+
 AXIS = "#444"
 FONT = 'font-family="sans-serif" font-size="11" fill="#333"'
 
@@ -89,9 +84,10 @@ def _histogram(name: str, s: Stats, threshold: float | None) -> str:
         parts.append(f'<line x1="{x_at(v):.1f}" y1="{top + h}" x2="{x_at(v):.1f}" y2="{top + h + 4}" stroke="{AXIS}"/>'
                      f'<text class="xtick" x="{x_at(v):.1f}" y="{top + h + 15}" text-anchor="middle" {FONT}>'
                      f'{v:g}</text>')
-    for c in [c for c in _ticks(0, most, 4) if c == int(c)]:
-        parts.append(f'<line x1="{left - 4}" y1="{y_at(c):.1f}" x2="{left}" y2="{y_at(c):.1f}" stroke="{AXIS}"/>'
-                     f'<text class="ytick" x="{left - 6}" y="{y_at(c) + 3:.1f}" text-anchor="end" {FONT}>{c:g}</text>')
+    for tick in [t for t in _ticks(0, most, 4) if t == int(t)]:
+        parts.append(f'<line x1="{left - 4}" y1="{y_at(tick):.1f}" x2="{left}" y2="{y_at(tick):.1f}" stroke="{AXIS}"/>'
+                     f'<text class="ytick" x="{left - 6}" y="{y_at(tick) + 3:.1f}" text-anchor="end" {FONT}>'
+                     f'{tick:g}</text>')
     parts.append(f'<text class="xlabel" x="{left + w / 2:.1f}" y="{height - 6}" text-anchor="middle" {FONT} '
                  f'font-weight="bold">{html.escape(title)}</text>'
                  f'<text class="ylabel" transform="translate(11 {top + h / 2:.1f}) rotate(-90)" text-anchor="middle" '
@@ -167,7 +163,7 @@ def _trend(history: list[dict]) -> str:
             f"({first} to {last}; {min(ys):.2f}–{max(ys):.2f} dB). Green: the audit passed; red: it failed.</p>")
 
 
-def _thresholds_table(result: AuditResult) -> str:
+def _thresholds_table(result: AuditFindings) -> str:
     rows = ""
     for t in result.threshold_status():
         unit, meaning = THRESHOLD_MEANING.get(t.name, ("", ""))
@@ -180,7 +176,7 @@ def _thresholds_table(result: AuditResult) -> str:
     return f"<table><tr><th>threshold</th><th>value</th><th>the audit fails when</th></tr>{rows}</table>"
 
 
-def _sources_section(result: AuditResult) -> str:
+def _sources_section(result: AuditFindings) -> str:
     items = result.unverified_sources
     if not items:
         return (f"<p>All {result.compared} sampled rows' sources were reachable with their recorded sha256.</p>"
@@ -195,13 +191,13 @@ def _sources_section(result: AuditResult) -> str:
             f"<table><tr><th>image id</th><th>source URI</th><th>reason</th></tr>{rows}</table>")
 
 
-def render_report(result: AuditResult, history: list[dict]) -> str:
+def render_report(result: AuditFindings, history: list[dict]) -> str:
     """The report as one HTML document."""
     status = "PASSED" if result.passed else "FAILED"
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems) or "<li>none</li>"
     notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in result.notes)
     worst = ""
-    for score, item in result.worst:
+    for _score, item in result.worst:
         diff = np.clip(np.abs(item["original"].astype(np.int16) - item["restored"].astype(np.int16)) * 4, 0, 255)
         worst += (f'<tr><td>{_png(item["original"])}</td><td>{_png(item["restored"])}</td>'
                   f'<td>{_png(diff.astype(np.uint8))}</td><td><code>{html.escape(str(item["id"]))}</code><br>'

@@ -19,6 +19,10 @@ found in the archive's history. :func:`allowed_source` decides before any reques
   ``https://`` only when ``allow_http_sources`` is set. Anything else (ftp, sftp, memory, data:, an
   fsspec ``a::b`` chain such as ``simplecache::http://``) is refused by its scheme, never opened:
   each such filesystem would make its own requests. The same rule applies to the roots.
+
+Reading an allowed source (:func:`reachable_source`) checks its recorded sha256 and fits it with
+:func:`sg3archive.images.load_fitted`, the same bytes → tensor path compress used, under the same
+pixel limit; the result must match the row's recorded fit (the square compress encoded).
 """
 
 from __future__ import annotations
@@ -27,9 +31,13 @@ import os
 import re
 import stat
 from dataclasses import dataclass
+from typing import Any
 
+import torch
+
+from sg3archive.images import DEFAULT_MAX_PIXELS, FitInfo, load_fitted, local_path, read_bytes, sha256_hex
+from sg3archive.store import format as fmt
 from sg3archive.store.format import source_root as full_url
-from sg3archive.store.inputs import local_path
 
 LOCAL_SCHEMES = ("file", "local")
 # The object stores the project supports as sources (s3fs, gcsfs, adlfs): one request per object,
@@ -129,7 +137,7 @@ def _under(path: str, base: str) -> bool:
 @dataclass(frozen=True)
 class Decision:
     """``read``: what to read when allowed, exactly as checked (a local real path that
-    :func:`~sg3archive.store.inputs.read_bytes` opens as that path, or the single allowed URI);
+    :func:`~sg3archive.images.read_bytes` opens as that path, or the single allowed URI);
     else ``reason``."""
 
     read: str | None
@@ -183,3 +191,68 @@ def _local(uri: str, path: str, base: str, where: str, root: str) -> Decision:
     if not stat.S_ISREG(mode):
         return Decision(None, f"source not read: {uri} is not a regular file")
     return Decision(real)
+
+
+# -- reading an allowed source ----------------------------------------------------------------
+@dataclass(frozen=True)
+class SourcePolicy:
+    """Where the audit may read sources: ``roots`` (full URLs) named by the audit job, which
+    replace the archive's recorded roots when given; ``allow_http`` lets http(s) sources be read;
+    ``max_pixels`` is the pixel limit compress decoded under (the archive's, else the default)."""
+
+    roots: tuple[str, ...] = ()
+    allow_http: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS
+
+
+def recorded_max_pixels(settings: dict[str, Any]) -> int:
+    """The pixel limit compress used for this archive: its recorded ``max_pixels`` when the
+    settings hold a positive integer, else :data:`~sg3archive.images.DEFAULT_MAX_PIXELS`."""
+    value = settings.get("max_pixels")
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return DEFAULT_MAX_PIXELS
+
+
+def reachable_source(row: dict[str, Any], storage_options: dict[str, Any] | None,
+                     policy: SourcePolicy) -> tuple[torch.Tensor | None, dict[str, str] | None]:
+    """``(fitted source [3, R, R], None)`` when the source may be read (:func:`allowed_source`:
+    under ``policy.roots``, else the row's recorded ``source_root``), can still be read, its
+    sha256 is the recorded one and it fits to the recorded square; else ``(None, {id, uri, kind,
+    reason})`` with kind ``refused`` (not read: outside the roots, a scheme the audit does not
+    read, http(s) unless allowed, a symlink out), ``missing``, ``changed`` or ``unreadable`` (any
+    error reading, decoding or fitting it: one source's failure is recorded, the audit goes on)."""
+    uri = fmt.exact_uri(row)  # a surrogateescape str for a name that is not UTF-8
+    exact = row.get("source_uri_bytes") is not None
+    recorded_root = fmt.unstored_text(row["source_root"]) if exact and row.get("source_root") else row.get("source_root")
+
+    def unverified(kind: str, reason: str) -> tuple[None, dict[str, str]]:
+        return None, {"id": row["id"], "uri": uri, "kind": kind, "reason": reason}
+
+    roots = list(policy.roots) if policy.roots else [r for r in [recorded_root] if r]
+    decision = allowed_source(uri, roots, policy.allow_http, recorded=not policy.roots)
+    if decision.read is None:
+        return unverified("refused", decision.reason or f"source not read: {uri}")
+    try:  # decision.read is exactly what allowed_source checked: a local real path, or the URI itself
+        data = read_bytes(decision.read, storage_options)
+    except FileNotFoundError:
+        return unverified("missing", f"source missing: {uri}")
+    except Exception as exc:  # noqa: BLE001 - any backend's failure (EOFError, aiohttp, ftplib…) is this source's
+        return unverified("unreadable", f"source unreadable: {uri}: {one_line(exc)}")
+    found = sha256_hex(data)
+    if found != row["source_sha256"]:
+        return unverified("changed", f"source changed: {uri}: sha256 expected {row['source_sha256']} found {found}")
+    try:
+        recorded = FitInfo.from_json(row["fit"])
+        fitted = load_fitted(data, recorded.resolution, recorded.mode, max_pixels=policy.max_pixels, uri=uri)
+    except Exception as exc:  # noqa: BLE001 - a decoder's failure on one source never ends the audit
+        return unverified("unreadable", f"source unreadable: {uri}: {one_line(exc)}")
+    if fitted.fit != recorded:
+        return unverified("unreadable", f"source unreadable: {uri}: it fits as {fitted.fit.to_json()}, "
+                                        f"not as recorded at encode time ({recorded.to_json()})")
+    return fitted.tensor, None
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type name when it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
