@@ -2,39 +2,45 @@
 and name columns), then one task per shard that has selected rows. Rows that cannot be restored,
 and shards the store refuses to read, are listed in the report artifact and the run ends failed
 (``RestoreIncompleteError``) after the others are written. Text from the archive (names, reasons)
-is printed and reported with control characters escaped (``sg3archive.text.printable``)."""
+is printed and reported with control characters escaped (``sg3archive.text.printable``).
+
+The flow's ``job`` parameter is a :class:`RestoreJob`: Prefect renders its form and refuses a bad
+value before any work. Each task receives that job (its ``shard`` set) and its shard's part of
+the plan, and returns that shard's :class:`RestoreReport`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import replace
 from typing import Any
 
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sg3archive.pipeline.jobs import RestoreJob, load_job, make_job
-from sg3archive.pipeline.restore import (
+from sg3archive import printable
+from sg3archive.pipeline import (
     BadRow,
+    JobError,
     RestoreIncompleteError,
+    RestoreJob,
     RestorePlan,
+    RestoreReport,
     incomplete_cause,
     incomplete_text,
+    load_job,
+    make_job,
     not_restored_text,
     plan_restore,
     restore,
 )
-from sg3archive.store.archive import ArchiveStore
-from sg3archive.text import printable
 
 
 @task(name="restore-shard", retries=1, retry_delay_seconds=5)
-def restore_shard_task(job: dict[str, Any], shard: str, plan: RestorePlan) -> dict[str, Any]:
-    """Restore one shard's selected rows under the names the flow's plan gave them."""
-    summary = restore(RestoreJob(**dict(job, shard=shard)), progress=False, plan=plan)
-    d = asdict(summary)
-    d.pop("files")
-    return d
+def restore_shard_task(job: RestoreJob, plan: RestorePlan) -> RestoreReport:
+    """Restore one shard's selected rows (``job.shard``) under the names the flow's plan gave
+    them; the report leaves out the list of files written (it grows with the shard)."""
+    return replace(restore(job, progress=False, plan=plan), files=())
 
 
 def _cell(text: str) -> str:
@@ -53,23 +59,34 @@ def _report(text: str, bad: list[BadRow], warnings: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@flow(name="restore", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))
-def restore_flow(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """Restore per ``job`` (RestoreJob fields) and/or a YAML ``manifest``.
+def restore_job(job: RestoreJob | None, manifest: str | None, overrides: dict[str, Any] | None) -> RestoreJob:
+    """The job a run does: ``job``, or the YAML ``manifest`` with ``job``'s explicitly set fields
+    over it; then ``overrides`` (RestoreJob fields) over either."""
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if manifest:
+        given = job.model_dump(exclude_unset=True) if job is not None else {}
+        return load_job(manifest, RestoreJob, **{**given, **extra})
+    if job is None:
+        raise JobError("restore_flow needs a job (RestoreJob fields: archive, destination, ...) or a manifest")
+    return make_job(RestoreJob, {**job.model_dump(), **extra}) if extra else job
+
+
+@flow(name="restore", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]
+def restore_flow(job: RestoreJob | None = None, manifest: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore per ``job`` and/or a YAML ``manifest`` (``overrides``: fields over either).
 
     Raises:
         RestoreIncompleteError: some rows could not be restored (after the others were).
     """
-    spec = load_job(manifest, RestoreJob, **(job or {})) if manifest else make_job(RestoreJob, job or {})
-    store = ArchiveStore.open(spec.archive, storage_options=spec.storage_options)
-    plan = plan_restore(spec, store)  # raises on a selection that matches nothing
+    spec = restore_job(job, manifest, overrides)
+    plan = plan_restore(spec)  # raises on a selection that matches nothing
     shards = list(plan.shards)
-    values = spec.model_dump()
-    parts = [plan.for_shard(s) for s in shards]
-    results = [f.result() for f in restore_shard_task.map(unmapped(values), shards, parts)]
-    written, skipped = sum(r["written"] for r in results), sum(r["skipped"] for r in results)
-    bad = plan.refused_shard_rows() + [BadRow(**b) for r in results for b in r["bad"]]
-    warnings = list(dict.fromkeys(w for r in results for w in r["warnings"]))
+    futures = [restore_shard_task.submit(spec.model_copy(update={"shard": s}), plan.for_shard(s)) for s in shards]
+    results: list[RestoreReport] = [f.result() for f in futures]
+    written, skipped = sum(r.written for r in results), sum(r.skipped for r in results)
+    bad = plan.refused_shard_rows() + [b for r in results for b in r.bad]
+    warnings = list(dict.fromkeys(w for r in results for w in r.warnings))
     text = printable(f"{written} images restored to {spec.destination} from {len(shards)} shards, "
                      f"{skipped} already there{not_restored_text(bad)}")
     create_markdown_artifact(key="restore-report", markdown=_report(text, bad, warnings))

@@ -19,12 +19,12 @@ from PIL import Image
 
 from sg3archive.cli import main as cli
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.images import restored_mode, to_restored_image
 from sg3archive.pipeline.compress import compress
 from sg3archive.pipeline.jobs import CompressJob, RestoreJob
 from sg3archive.pipeline.restore import RestorePlan, output_name, plan_restore, restore
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.inputs import restored_mode, to_restored_image
 from sg3archive.store.manifest import CODEC_DIR
 
 # relative path → (PIL mode, size); "dup/a.jpg" and "dup/a.png" both want "dup/a.png"

@@ -22,11 +22,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sg3archive.cli import main as cli
+from sg3archive.images import FitInfo, unfit
 from sg3archive.pipeline.compress import compress
 from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.inputs import FitInfo, unfit
 from sg3archive.store.manifest import CODEC_DIR
 
 

@@ -149,7 +149,7 @@ def test_links_inside_dest_are_never_followed(archived, tmp_path) -> None:
 
 
 def test_writer_refuses_links_and_keeps_existing_files(tmp_path) -> None:
-    from sg3archive.store.safe_write import LocalDestination, UnsafeTargetError
+    from sg3archive.pipeline.destination import LocalDestination, UnsafeTargetError
 
     dest = LocalDestination(str(tmp_path / "d"))
     dest.prepare()

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
-from sg3archive.store.archive import ArchiveStore
+from sg3archive.store.archive import ArchiveStore, ShardRecord
 from sg3archive.store.format import row_name
 
 # Rows per batch when streaming: small enough that a batch of the widest rows stays a few MB.
@@ -34,7 +36,7 @@ class _Mean:
     def __init__(self) -> None:
         self.total, self.n = 0.0, 0
 
-    def add(self, column) -> None:
+    def add(self, column: pa.Array | pa.ChunkedArray) -> None:
         values = pc.drop_null(column)
         values = pc.filter(values, pc.invert(pc.is_nan(values))) if len(values) else values
         if len(values):
@@ -46,7 +48,7 @@ class _Mean:
         return self.total / self.n if self.n else None
 
 
-def inspect_archive(url: str, storage_options: dict | None = None) -> dict:
+def inspect_archive(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """A JSON-able description of the archive at ``url`` (from its manifest: committed data only).
 
     ``images`` and ``payload_bytes`` come from the shards' footers: ``payload_bytes`` is what the
@@ -93,7 +95,8 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def list_shards(url: str, storage_options: dict | None = None, problems: list[str] | None = None) -> list[dict]:
+def list_shards(url: str, storage_options: dict[str, Any] | None = None,
+                problems: list[str] | None = None) -> list[dict[str, Any]]:
     """The committed shards in commit order: file name (restore's --shard), kind, rows, bytes.
     Each shard's footer is checked (a refused one raises, naming it); rows are the footer's.
     Manifest problems are appended to ``problems`` when a list is given."""
@@ -109,7 +112,8 @@ def list_shards(url: str, storage_options: dict | None = None, problems: list[st
     return out
 
 
-def iter_rows(url: str, storage_options: dict | None = None, problems: list[str] | None = None) -> Iterator[dict]:
+def iter_rows(url: str, storage_options: dict[str, Any] | None = None,
+              problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
     """One small record per image row, in archive order, streamed shard by shard: ``id``,
     ``name`` (relative to the compressed source; what restore's --glob matches and the output is
     named after), ``source_uri``, ``payload_bytes``, encode-time ``psnr`` (dB) and ``shard``.
@@ -126,7 +130,7 @@ def iter_rows(url: str, storage_options: dict | None = None, problems: list[str]
     return _rows(store, manifest.shards_of("images"))
 
 
-def _rows(store: ArchiveStore, records: list) -> Iterator[dict]:
+def _rows(store: ArchiveStore, records: list[ShardRecord]) -> Iterator[dict[str, Any]]:
     names = ("id", "source_name", "source_uri", "psnr")
     for record in records:
         store.check_shard(record)
