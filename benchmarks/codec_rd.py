@@ -446,7 +446,7 @@ def throughput(src: Source, args: argparse.Namespace, codecs: dict[str, LatentCo
         with SingleThread():
             dec(enc())  # warm-up on the full set once (lazy tables, page faults)
             tc, payloads = timed(enc, repeats=2)
-            td, _ = timed(lambda: dec(payloads), repeats=2)
+            td, _ = timed(lambda dec=dec, payloads=payloads: dec(payloads), repeats=2)
         combined = n / (tc + td)
         verdict = "(reference)" if label.startswith("guide") else "met" if combined >= THROUGHPUT_TARGET else "NOT met"
         rows.append([label, f"{n}", f"{tc:.3f}", f"{td:.3f}", f"{n / tc:.0f}", f"{n / td:.0f}", f"{combined:.0f}",

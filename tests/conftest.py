@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
+
 # Prefect settings for tests (ENVIRONMENT.md): no telemetry, a private home, a patient server start.
 # Set before anything imports prefect.
 os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="sg3archive-prefect-"))
@@ -24,8 +26,6 @@ os.environ["TORCH_HOME"] = os.path.join(_TEST_CACHE, "torch")
 os.environ["XDG_CACHE_HOME"] = _TEST_CACHE
 os.environ["SG3ARCHIVE_LPIPS_DOWNLOAD"] = "0"
 os.environ.pop("SG3ARCHIVE_LPIPS_WEIGHTS", None)
-
-import pytest
 
 # The clone sits beside shared/ (here /work/main and /work/shared; the same layout in CI).
 SG3_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "sg3_reference"

@@ -155,7 +155,7 @@ def test_all_files_failing_exits_non_zero_without_nan(tmp_path) -> None:
     src.mkdir()
     (src / "a.png").write_text("not a png")
     (src / "b.jpg").write_bytes(b"")
-    for attempt in range(2):  # the rerun skips the recorded failures and still says nothing was archived
+    for _attempt in range(2):  # the rerun skips the recorded failures and still says nothing was archived
         res = run("compress", str(src), str(tmp_path / "a"), "--device", "cpu")
         assert_one_line_error(res, "could be archived", "sg3archive inspect")
         assert "nan" not in res.output.lower()

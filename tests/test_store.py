@@ -267,7 +267,7 @@ def test_s3_conditional_put_against_moto(s3_bucket):
         barrier = threading.Barrier(len(racers))
         winners = []
 
-        def racer(i: int) -> None:
+        def racer(i: int, barrier: threading.Barrier = barrier, target: str = target, winners: list[int] = winners) -> None:
             barrier.wait()
             if create_exclusive(racers[i], target, str(i).encode()):
                 winners.append(i)

@@ -187,7 +187,8 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
     pkl("pickle: shared-module bomb", shared_module_bomb())
     pkl("pickle: shared-kwargs bomb", shared_kwargs_bomb())
     pkl("pickle: 8 GB storage, 16 bytes", generator_pickle(TINY_G, params={"w": tensor(legacy_storage(2**31, b"\0" * 16), (4,), (1,))}))
-    pkl("pickle: unfilled 8 GB storage", generator_pickle(TINY_G, params={"w": tensor(legacy_storage(2**31, b"", keys=()), (2**31,), (1,))}))
+    pkl("pickle: unfilled 8 GB storage",
+        generator_pickle(TINY_G, params={"w": tensor(legacy_storage(2**31, b"", keys=()), (2**31,), (1,))}))
     pkl("pickle: stride 0, 2**30 elements", generator_pickle(TINY_G, params={"w": tensor(one, (2**30,), (0,))}))
     pkl("pickle: channel_max 2**15", generator_pickle({**TINY_G, "channel_base": 2**17, "channel_max": 2**15}))
     pkl("pickle: num_layers 200000", generator_pickle({**TINY_G, "num_layers": 200_000}))
@@ -212,8 +213,10 @@ def craft_full_size(folder: Path) -> dict[str, tuple[str, str]]:
 
     net("directory: weights -> /dev/zero", dev_zero)
     net("directory: 4 GB weights file", sparse)
-    net("directory: index names ../", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"].update(weights="../../etc/passwd")))
-    net("directory: channel_max 2**15", lambda root: edit_index(tiny_network_dir(root), lambda i: i["networks"]["G_ema"]["init_kwargs"].update(channel_base=2**17, channel_max=2**15)))
+    net("directory: index names ../", lambda root: edit_index(
+        tiny_network_dir(root), lambda i: i["networks"]["G_ema"].update(weights="../../etc/passwd")))
+    net("directory: channel_max 2**15", lambda root: edit_index(
+        tiny_network_dir(root), lambda i: i["networks"]["G_ema"]["init_kwargs"].update(channel_base=2**17, channel_max=2**15)))
 
     def json_bomb(root: Path) -> Path:
         tiny_network_dir(root)

@@ -126,7 +126,7 @@ def load_encoder(url: str, *, generator: torch.nn.Module | None = None, device: 
     if fingerprint != doc.get("fingerprint"):
         raise FingerprintMismatchError(f"{url}: encoder weights do not match the fingerprint in {JSON_NAME}; "
                                        "the files were modified or damaged")
-    encoder.fingerprint = fingerprint
+    encoder.fingerprint = fingerprint  # type: ignore[assignment]  # a str attribute on a Module
     encoder.generator_fingerprint = doc["generator_fingerprint"]
     encoder.info = doc.get("info", {})
     encoder.requires_grad_(False)

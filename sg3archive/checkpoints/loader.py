@@ -48,7 +48,7 @@ def network_from_record(record: PersistentRecord, key: str, where: str) -> torch
     check_state_size(count, state, label)
     net = build_network(class_name, init_kwargs, label)
     load_state_strict(net, state, label)
-    net.fingerprint = weights_fingerprint(state)
+    net.fingerprint = weights_fingerprint(state)  # type: ignore[assignment]  # a str attribute on a Module
     return net
 
 

@@ -190,7 +190,7 @@ def network_from_safetensors(data: bytes, where: str, expected_key: str | None =
     check_state_size(count, state, where)
     net = build_network(entry["class"], entry["init_kwargs"], where)
     load_state_strict(net, state, where)
-    net.fingerprint = fingerprint
+    net.fingerprint = fingerprint  # type: ignore[assignment]  # a str attribute on a Module
     return net
 
 

@@ -20,8 +20,9 @@ import operator
 import os
 import pickle
 import pickletools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, ClassVar, cast
 
 import fsspec
 import numpy as np
@@ -33,7 +34,7 @@ from sg3archive.errors import NetworkFormatError, Sg3ArchiveError, UnsafePickleE
 try:  # numpy >= 2 moved numpy.core to numpy._core
     from numpy._core import multiarray as _np_multiarray
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core import multiarray as _np_multiarray
+    from numpy.core import multiarray as _np_multiarray  # type: ignore[no-redef]
 
 _MAX_DEPTH = 64  # far deeper than any real network; stops self-referencing data early
 _MAX_KWARG_NODES = 10_000  # values in one module's constructor arguments (official: about 20)
@@ -209,13 +210,13 @@ def _numpy_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
         raise _Refused("asks numpy to rebuild an array that is not a numpy.ndarray of plain numbers")
     if type(shape) is not tuple or len(shape) != 1 or type(shape[0]) is not int or shape[0] != 0:
         raise NetworkFormatError("a numpy array is declared with a shape numpy itself never pickles.")
-    return _np_multiarray._reconstruct(np.ndarray, shape, dtype)
+    return cast(np.ndarray, _np_multiarray._reconstruct(np.ndarray, shape, dtype))  # numpy's stub says object
 
 
 def _numpy_scalar(dtype: Any, data: Any = None) -> np.generic:
     if not _dtype_ok(dtype) or not isinstance(data, bytes):
         raise _Refused("asks for a numpy scalar that is not a plain number")
-    return _np_multiarray.scalar(dtype, data)
+    return cast(np.generic, _np_multiarray.scalar(dtype, data))  # numpy's stub says a 0-d array
 
 
 def _build_allowed(inst: Any, state: Any) -> bool:
@@ -447,7 +448,7 @@ def _next_pickle(blob: bytes, pos: int, ctx: _LoadContext) -> tuple[Any, int, li
             raise NetworkFormatError("a tensor storage is truncated.")
         op = _STORAGE_OPCODES.get(code)
         if op is None:
-            name = pickletools.code2op[code.decode("latin-1")].name if code.decode("latin-1") in pickletools.code2op else code
+            name = _OP_NAMES.get(code[0], repr(code))
             raise _Refused(f"holds a tensor storage with the pickle opcode {name}, which torch never writes there")
         if op.arg is not None:
             ctx.charge_text(_header_arg_length(blob, stream.tell(), op.name), op.name)  # before decoding it
@@ -631,8 +632,13 @@ def _check_key(key: Any) -> None:
     raise NetworkFormatError(f"a dict key or set item is a {type(key).__name__}; official snapshots use plain keys.")
 
 
+# typeshed's stub of the pure-Python unpickler leaves out its opcode handlers (load_build, load_dict, ...).
+_PURE_UNPICKLER: Any = pickle._Unpickler
+
+
 class _SnapshotUnpickler(pickle._Unpickler):  # pure-Python unpickler: its opcodes can be vetted
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(pickle._Unpickler.dispatch)
+    stack: list[Any]  # the pure unpickler's working stack (not in typeshed's stub)
 
     def __init__(self, file: BinaryIO, ctx: _LoadContext) -> None:
         super().__init__(file)
@@ -659,38 +665,38 @@ class _SnapshotUnpickler(pickle._Unpickler):  # pure-Python unpickler: its opcod
         if not _build_allowed(inst, state):
             kind = "numpy dtype" if isinstance(inst, np.dtype) else type(inst).__name__
             raise _Refused(f"applies __setstate__ (pickle BUILD) to a {kind} in an unexpected way")
-        pickle._Unpickler.load_build(self)
+        _PURE_UNPICKLER.load_build(self)
 
     def _load_reduce(self) -> None:
         args = self.stack[-1]
         self.ctx.charge(1 + sum(len(a) for a in args if isinstance(a, (dict, list, tuple, set, frozenset, str, bytes)))
                         if isinstance(args, tuple) else 1)
-        pickle._Unpickler.load_reduce(self)
+        _PURE_UNPICKLER.load_reduce(self)
 
     def _load_setitem(self) -> None:
         _check_key(self.stack[-2])
-        pickle._Unpickler.load_setitem(self)
+        _PURE_UNPICKLER.load_setitem(self)
 
     # After MARK the pure unpickler starts a fresh ``self.stack``: it holds exactly the marked items.
     def _load_setitems(self) -> None:
         for key in self.stack[::2]:
             _check_key(key)
-        pickle._Unpickler.load_setitems(self)
+        _PURE_UNPICKLER.load_setitems(self)
 
     def _load_additems(self) -> None:
         for item in self.stack:
             _check_key(item)
-        pickle._Unpickler.load_additems(self)
+        _PURE_UNPICKLER.load_additems(self)
 
     def _load_frozenset(self) -> None:
         for item in self.stack:
             _check_key(item)
-        pickle._Unpickler.load_frozenset(self)
+        _PURE_UNPICKLER.load_frozenset(self)
 
     def _load_dict(self) -> None:
         for key in self.stack[::2]:
             _check_key(key)
-        pickle._Unpickler.load_dict(self)
+        _PURE_UNPICKLER.load_dict(self)
 
     for _op in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
         dispatch[_op[0]] = _load_ext
