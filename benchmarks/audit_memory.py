@@ -27,10 +27,10 @@ def _audit(archive: str, k: int, batch: int, out: mp.Queue) -> None:
     import torch
 
     from sg3archive.audit import run_audit
-    from sg3archive.pipeline.models import load_models
+    from sg3archive.pipeline.session import cache
 
     torch.set_num_threads(2)
-    load_models(None, None, "cpu")  # models and imports first: the baseline
+    cache.models(None, None, "cpu")  # models and imports first: the baseline
     from sg3archive.metrics import ms_ssim  # noqa: F401  (imports torchmetrics)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     tracemalloc.start()

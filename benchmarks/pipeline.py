@@ -7,14 +7,15 @@ temp folder; ``compress(CompressJob(device="cpu", shard_size=32, ...))`` archive
 the CLI runs them (the Prefect flow is not involved).
 
 Model compute is measured by wrapping, in this process and only for the measurement, the model
-calls with timers: the encoder forward (``encode_images`` in ``sg3archive.pipeline.compress``'s
-namespace) and the generator's synthesis and mapping networks (forward pre/post hooks on
+calls with timers: the encoder forward (``encode_images`` in ``sg3archive.pipeline.encode``'s
+namespace, the one encode path of compress and calibration) and the generator's synthesis and mapping networks (forward pre/post hooks on
 ``G.synthesis`` and ``G.mapping`` of the cached models, the object the pipeline uses). Everything
 else is "outside model compute", itemized where a function can be wrapped the same way:
 
 * codec: ``LatentCodec.compress`` / ``decompress`` (and ``LatentCodec.fit`` in the prepare step);
-* read + decode: reading and hashing sources, decoding and fitting them to the square
-  (``_read_source``, ``_square``) for compress; reading the Parquet shards (``iter_batches``) for restore;
+* read + decode: reading and hashing sources, decoding and fitting them to the square (a shard
+  task's ``read`` and ``decode`` steps; ``read_bytes`` and ``load_fitted`` for the calibration
+  images) for compress; reading the Parquet shards (``iter_batches``) for restore;
 * metrics: the PSNR / MS-SSIM recorded for every row at compress time;
 * image out: ``to_uint8``, ``unfit`` and PNG encode + write (``_write_image``) at restore time;
 * rest: the remainder (store commits, plan files, tensors, Python).
@@ -42,15 +43,18 @@ import time
 from collections import defaultdict
 from contextlib import ExitStack
 from pathlib import Path
+from typing import cast
 from unittest import mock
 
 import torch
 
+import sg3archive.pipeline.calibrate as calibrate_mod
 import sg3archive.pipeline.compress as compress_mod
+import sg3archive.pipeline.encode as encode_mod
 import sg3archive.pipeline.restore as restore_mod
 from sg3archive.codec import LatentCodec
 from sg3archive.pipeline.jobs import CompressJob, RestoreJob
-from sg3archive.pipeline.models import load_models
+from sg3archive.pipeline.session import cache
 from sg3archive.store.archive import ArchiveStore
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
@@ -122,22 +126,24 @@ def instrument(stack: ExitStack, clock: Clock, G: torch.nn.Module) -> None:
     def patch(target, name: str, item: str) -> None:
         stack.enter_context(mock.patch.object(target, name, clock.wrap(item, getattr(target, name))))
 
-    patch(compress_mod, "encode_images", "encoder")
-    clock.hook(stack, G.synthesis, "synthesis")
-    clock.hook(stack, G.mapping, "mapping")
+    patch(encode_mod, "encode_images", "encoder")
+    clock.hook(stack, cast(torch.nn.Module, G.synthesis), "synthesis")
+    clock.hook(stack, cast(torch.nn.Module, G.mapping), "mapping")
     patch(LatentCodec, "compress", "codec")
     patch(LatentCodec, "decompress", "codec")
     fit = LatentCodec.__dict__["fit"].__func__
     stack.enter_context(mock.patch.object(LatentCodec, "fit", classmethod(clock.wrap("codec", fit))))
-    patch(compress_mod, "_read_source", "read + decode")
-    patch(compress_mod, "_square", "read + decode")
-    patch(compress_mod, "psnr", "metrics")
-    patch(compress_mod, "ms_ssim", "metrics")
+    patch(compress_mod._Shard, "read", "read + decode")
+    patch(compress_mod._Shard, "decode", "read + decode")
+    patch(calibrate_mod, "read_bytes", "read + decode")
+    patch(calibrate_mod, "load_fitted", "read + decode")
+    patch(encode_mod, "psnr", "metrics")
+    patch(encode_mod, "ms_ssim", "metrics")
     stack.enter_context(mock.patch.object(ArchiveStore, "iter_batches",
                                           clock.wrap_iter("read + decode", ArchiveStore.iter_batches)))
-    patch(restore_mod, "to_uint8", "image out")
-    patch(restore_mod, "unfit", "image out")
-    patch(restore_mod, "_write_image", "image out")
+    for name in ("to_uint8", "unfit", "to_restored_image", "_write_image"):  # where restore has them
+        if hasattr(restore_mod, name):
+            patch(restore_mod, name, "image out")
     stack.enter_context(mock.patch.object(compress_mod, "prepare", clock.in_phase("prepare", compress_mod.prepare)))
 
 
@@ -172,14 +178,15 @@ def main() -> None:
 
     torch.set_grad_enabled(False)
     started = time.perf_counter()
-    models = load_models(None, None, "cpu")  # the cached object compress and restore will use
+    models = cache.models(None, None, "cpu")  # the cached object compress and restore will use
     load_s = time.perf_counter() - started
     started = time.perf_counter()
     batch = torch.zeros(args.batch_size, 3, models.resolution, models.resolution)
-    recon = models.G.synthesis(compress_mod.encode_images(models.encoder, batch, args.batch_size)).clamp(-1, 1)
+    synthesis = cast(torch.nn.Module, models.G.synthesis)
+    recon = synthesis(encode_mod.encode_images(models.encoder, batch, args.batch_size)).clamp(-1, 1)
     warm_s = time.perf_counter() - started
     started = time.perf_counter()
-    compress_mod.psnr(recon, batch), compress_mod.ms_ssim(recon, batch)  # the first imports torchmetrics
+    encode_mod.psnr(recon, batch), encode_mod.ms_ssim(recon, batch)  # the first imports torchmetrics
     warm_metrics_s = time.perf_counter() - started
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU, bundled network "
           f"({models.resolution}x{models.resolution}, {models.G.num_ws} x {models.G.w_dim} W+) and encoder; "
@@ -194,8 +201,9 @@ def main() -> None:
         make_images(source, args.images)
         instrument(stack, clock, models.G)
 
-        job = CompressJob(source=str(source), destination=str(archive), device="cpu", shard_size=args.shard_size,
-                          batch_size=args.batch_size, calibration_images=args.calibration_images)
+        job = CompressJob.model_validate(dict(source=str(source), destination=str(archive), device="cpu",
+                                              shard_size=args.shard_size, batch_size=args.batch_size,
+                                              calibration_images=args.calibration_images))
         clock.phase = "compress"
         started = time.perf_counter()
         summary = compress_mod.compress(job, progress=False)
@@ -203,8 +211,9 @@ def main() -> None:
 
         clock.phase = "restore"
         started = time.perf_counter()
-        restored = restore_mod.restore(RestoreJob(archive=str(archive), destination=str(out), device="cpu",
-                                                  batch_size=args.batch_size), progress=False)
+        restored = restore_mod.restore(RestoreJob.model_validate(dict(archive=str(archive), destination=str(out),
+                                                                      device="cpu", batch_size=args.batch_size)),
+                                       progress=False)
         restore_wall = time.perf_counter() - started
         stack.close()  # measurement wrappers off before checking
         psnr = ArchiveStore.open(str(archive)).read_table("images", columns=["psnr"]).column("psnr").to_pylist()

@@ -1,5 +1,6 @@
-"""Scale of planning and of the store: memory of plan_shards is flat in the listing's size, and an
-archive of ~1,000 committed shards lists and resumes in seconds. CPU only, no model is loaded.
+"""Scale of planning and of the store: memory of plan_shards is flat in the listing's size, an
+archive of ~1,000 committed shards lists in seconds, and a shard task's resume cost does not grow
+with the number of committed shards. CPU only, no model is loaded.
 
 Planning. For each N in --sizes a URI list of N fake ``s3://bucket/images/<i>.png`` lines is written
 to a temp folder (the files do not exist and are never read), then
@@ -25,14 +26,33 @@ makes are timed after the first batch and after the last: re-opening the store, 
 (open + committed_keys, what each compress task does first). Times are the best of --repeats calls;
 the ratio column compares the full archive with the one-batch archive measured in the same process.
 
-    python benchmarks/planning.py                      # default: about 1-2 min on 2 cores
-    python benchmarks/planning.py --sizes 10000,100000 --shards 200
+Resume (issue 12: "resume cost independent of archive size"). One archive of tiny ``images`` shards
+(--resume-rows rows each, synthetic rows, written with ``ArchiveStore.write_shard`` and committed in
+batches of 500) is grown to each count in --resume-shards (default 1,000 then 10,000), in a
+temporary folder under /dev/shm where there is one (the test measures reads, not fsync). At each
+count a 256-URI plan (all its sources committed) is planned once (``plan_shards``: the committed
+keys are read once and written into the plan) and the PER-TASK resume cost is timed: what one shard
+task does before encoding (open the store, read its plan, decide the skips), the old way (a copy of
+the old ``committed_exact_keys``: every committed shard's keys, read by every task; timed once) and
+the new (its plan alone; best of max(--repeats, 10)), each in a fresh child process (as a task
+worker is: the benchmark's own heap of 10,000 shards' keys would slow every allocation). Both
+must skip all 256 sources; the new per-task cost at 10,000 shards must be within 1.5x of that at
+1,000 (the exit status is 1 otherwise).
+
+    python benchmarks/planning.py                      # default: about 1-2 min on 2 cores, plus resume:
+                                                       # about 3-4 min (building 10,000 shards dominates)
+
+Measured (2 busy cores, /dev/shm): per-task resume at 1,000 / 10,000 committed shards: old 4.27 /
+15.16 s (3.55x), new 0.0011 / 0.0012 s (1.08x); planning once per run 3.9 / 19.3 s.
+    python benchmarks/planning.py --sizes "" --shards 0              # the resume test alone
+    python benchmarks/planning.py --sizes 10000,100000 --shards 200 --resume-shards 100,1000
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import hashlib
 import json
 import os
@@ -51,11 +71,12 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _memory import PeakRSS, rss_bytes  # noqa: E402
 
-from sg3archive.pipeline.compress import plan_shards, settings_key  # noqa: E402
+from sg3archive.images import FitInfo, iter_sources  # noqa: E402
+from sg3archive.pipeline.compress import settings_key, skip_set  # noqa: E402
 from sg3archive.pipeline.jobs import CompressJob  # noqa: E402
+from sg3archive.pipeline.plans import ShardPlan, parse_plan, plan_shards, read_plan  # noqa: E402
 from sg3archive.store import format as fmt  # noqa: E402
 from sg3archive.store.archive import ArchiveStore  # noqa: E402
-from sg3archive.store.inputs import FitInfo, iter_sources  # noqa: E402
 
 SHARD_SIZE = 256
 MIB = 2**20
@@ -74,26 +95,28 @@ def write_listing(path: Path, n: int) -> None:
 
 
 # -- planning (child process) --------------------------------------------------------------------
-def _consume(job: CompressJob, run_id: str) -> tuple[int, int, object, object]:
+def _consume(job: CompressJob, run_id: str) -> tuple[int, int, ShardPlan, ShardPlan]:
     """(plans, images, first plan, last plan): the iterator consumed, only two plans kept."""
     plans = images = 0
-    first = last = None
+    first: ShardPlan | None = None
+    last: ShardPlan | None = None
     for plan in plan_shards(job, run_id=run_id):
         plans += 1
         images += plan.count
         first = first or plan
         last = plan
+    assert first is not None and last is not None, "an empty listing makes no plans"
     return plans, images, first, last
 
 
 def _read_plan(path: str) -> list[str]:
     with fsspec.open(path, "r") as f:
-        return f.read().splitlines()
+        return parse_plan(f.read())
 
 
 def measure_planning(n: int, listing: str, destination: str) -> dict:
     """Child-process entry: time and memory of planning a listing of ``n`` URIs."""
-    job = CompressJob(source=listing, destination=destination, shard_size=SHARD_SIZE)
+    job = CompressJob.model_validate({"source": listing, "destination": destination, "shard_size": SHARD_SIZE})
     start_rss = rss_bytes()
     maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     with PeakRSS(interval=0.002) as peak:
@@ -235,6 +258,7 @@ def run_store(folder: Path, shards: int, rows: int, batch: int, repeats: int) ->
     header = f"{'operation':32} {f'{first_shards} shards s':>12} {f'{shards} shards s':>14} {'ratio':>7}  result"
     print(header)
     print("-" * len(header))
+    assert first_batch is not None
     for name, (seconds, result) in full.items():
         small = first_batch[name][0]
         print(f"{name:32} {small:12.4f} {seconds:14.4f} {seconds / small:6.1f}x  {result} {units[name]}")
@@ -245,6 +269,107 @@ def run_store(folder: Path, shards: int, rows: int, batch: int, repeats: int) ->
     print(f"check: {'all results as expected' if not bad else 'WRONG results for ' + ', '.join(bad)}; "
           f"slowest read {slowest:.2f} s -> {'lists and resumes in seconds' if slowest < 10 else 'SLOW'}")
 
+
+
+# -- per-task resume cost ------------------------------------------------------------------------
+def old_committed_exact_keys(store: ArchiveStore) -> dict[str, set[tuple[str, str | None, str]]]:
+    """The baseline, as every shard task did it before plans carried the committed keys: the key
+    columns of EVERY committed shard, read by each task."""
+    keys: dict[str, set[tuple[str, str | None, str]]] = {kind: set() for kind in fmt.KINDS}
+    for kind in fmt.KINDS:
+        if store.shards(kind):
+            keys[kind] = fmt.exact_keys(store.read_table(kind, columns=list(fmt.EXACT_KEY_COLUMNS)))
+    return keys
+
+
+def old_task_resume(url: str, plan: ShardPlan) -> int:
+    """What one shard task did before encoding, before: open the store, read its plan (URIs), read
+    every shard's keys, decide the skips. Returns how many of its URIs it would skip."""
+    store = ArchiveStore.open(url)
+    uris = [entry.uri for entry in read_plan(plan)]
+    done = set().union(*old_committed_exact_keys(store).values())
+    key = settings_key(store.settings)
+    return sum((u, hashlib.sha256(u.encode()).hexdigest(), key) in done for u in uris)
+
+
+def new_task_resume(url: str, plan: ShardPlan) -> int:
+    """What one shard task does before encoding now: open the store, read its plan (URIs with
+    their committed entries), decide the skips from it."""
+    store = ArchiveStore.open(url)
+    entries = read_plan(plan)
+    done = skip_set(entries, store)
+    key = settings_key(store.settings)
+    return sum((hashlib.sha256(e.uri.encode()).hexdigest(), key) in done.get(e.uri, {}) for e in entries)
+
+
+def measure_resume(which: str, url: str, plan: list, repeats: int) -> tuple[float, int]:
+    """Child-process entry: the best of ``repeats`` per-task resume times, the way ``which`` says
+    (a fresh process, as a task worker is: no other run's objects on its heap), and the skips."""
+    task = old_task_resume if which == "old" else new_task_resume
+    shard_plan = ShardPlan(*plan)
+    gc.collect()
+    return best(lambda: task(url, shard_plan), repeats)
+
+
+def resume_in_child(which: str, url: str, plan: ShardPlan, repeats: int) -> tuple[float, int]:
+    cmd = [sys.executable, __file__, "--resume-child",
+           json.dumps([which, url, [plan.index, plan.path, plan.count], repeats])]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    seconds, skips = json.loads(out.strip().splitlines()[-1])
+    return float(seconds), int(skips)
+
+
+def add_shards(store: ArchiveStore, start: int, stop: int, rows: int, batch: int) -> float:
+    """Write and commit shards ``start..stop-1`` (``rows`` rows each) in commits of ``batch``;
+    returns the seconds it took."""
+    key = settings_key(store.settings)
+    rng = random.Random(start)
+    started = time.perf_counter()
+    pending = []
+    for index in range(start, stop):
+        pending.append(store.write_shard(shard_table(index, rows, key, rng), "images", {"plan": index}))
+        if len(pending) == batch or index == stop - 1:
+            store.commit(pending)
+            pending = []
+    return time.perf_counter() - started
+
+
+def run_resume(folder: Path, sizes: list[int], rows: int, batch: int, repeats: int) -> bool:
+    """Per-task resume cost at each committed-shard count in ``sizes`` (one archive, grown), the old
+    way and the new; prints a table and returns whether the new one stays within 1.5x."""
+    url = str(folder / "resume-archive")
+    store = ArchiveStore.create(url, SETTINGS)
+    listing = folder / "resume-listing.txt"
+    write_listing(listing, SHARD_SIZE)  # one task's URIs: the first 256 sources, all committed
+    job = CompressJob.model_validate({"source": str(listing), "destination": url, "shard_size": SHARD_SIZE})
+    print(f"\nresume: per-task cost before encoding (open the store, read the plan, decide the skips) of a "
+          f"{SHARD_SIZE}-URI plan whose sources are all committed; archives of tiny images shards x {rows} rows; "
+          f"each in a fresh process, old timed once, new best of {max(repeats, 10)}")
+    header = (f"{'committed shards':>16} {'build s':>8} {'plan (once) s':>13} {'old per-task s':>14} "
+              f"{'new per-task s':>14} {'skips old/new':>13}")
+    print(header)
+    print("-" * len(header))
+    results = []
+    have = 0
+    for n in sizes:
+        build = add_shards(store, have, n, rows, batch)
+        have = n
+        started = time.perf_counter()
+        plans = list(plan_shards(job, run_id=f"bench{n}"))
+        planning = time.perf_counter() - started
+        plan = plans[0]
+        old_s, old_skips = resume_in_child("old", url, plan, 1)  # seconds: noise is small
+        new_s, new_skips = resume_in_child("new", url, plan, max(repeats, 10))
+        results.append((n, old_s, new_s, old_skips, new_skips))
+        print(f"{n:16,d} {build:8.1f} {planning:13.3f} {old_s:14.4f} {new_s:14.4f} {old_skips:>6}/{new_skips:<6}",
+              flush=True)
+    (n0, old0, new0, *_), (n1, old1, new1, *_) = results[0], results[-1]
+    ok = new1 / new0 <= 1.5
+    same = all(o == n == SHARD_SIZE for _, _, _, o, n in results)
+    print(f"ratio {n1:,} / {n0:,} shards: old {old1 / old0:.2f}x, new {new1 / new0:.2f}x "
+          f"-> {'within 1.5x' if ok else 'ABOVE 1.5x'}; skip decisions "
+          f"{'identical, every URI skipped' if same else 'DIFFER'}")
+    return ok and same
 
 # -- main ----------------------------------------------------------------------------------------
 def run_planning(folder: Path, sizes: list[int]) -> None:
@@ -283,10 +408,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=16, help="rows per store-test shard")
     parser.add_argument("--commit-batch", type=int, default=50, help="shards per commit")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per store read (best is kept)")
+    parser.add_argument("--resume-shards", default="1000,10000",
+                        help="committed-shard counts of the per-task resume test, ascending (empty: skip)")
+    parser.add_argument("--resume-rows", type=int, default=4, help="rows per resume-test shard")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--resume-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(measure_planning(*json.loads(args.child))))
+        return
+    if args.resume_child:
+        print(json.dumps(measure_resume(*json.loads(args.resume_child))))
         return
     sizes = [int(s) for s in args.sizes.split(",") if s]
     with tempfile.TemporaryDirectory(prefix="sg3-planning-") as tmp:
@@ -294,6 +426,13 @@ def main() -> None:
             run_planning(Path(tmp), sizes)
         if args.shards:
             run_store(Path(tmp), args.shards, args.rows, args.commit_batch, args.repeats)
+    resume = [int(s) for s in args.resume_shards.split(",") if s]
+    if resume:
+        # The archive of the resume test measures reads, not the disk's fsync: in memory where possible.
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+        with tempfile.TemporaryDirectory(prefix="sg3-resume-", dir=shm) as tmp:
+            if not run_resume(Path(tmp), resume, args.resume_rows, 500, args.repeats):
+                sys.exit(1)
 
 
 if __name__ == "__main__":

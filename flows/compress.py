@@ -1,60 +1,90 @@
 """Prefect flow: compress a folder or bucket into an archive — one task per shard.
 
-The flow prepares the archive (codec model, settings), plans shards from a streamed listing,
-maps ``compress-shard`` over the plans (each task loads the models once per worker, batches its
-images on the worker's device, writes and commits one shard) and publishes a summary. Choose the
-task runner with the job's ``task_runner``: Prefect's thread pool (default) or Dask.
+The flow prepares the archive (codec model, settings; another generator or encoder than the
+archive's is refused here), plans shards from a streamed listing (the archive's committed keys are
+read once, into the plans), maps ``compress-shard`` over the plans (each task loads the models once
+per worker, reads only its own plan, batches its images on the worker's device, writes and commits
+one shard), removes the run's plans and publishes a summary. Choose the task runner with the job's
+``task_runner``: Prefect's thread pool (default) or Dask.
+
+The flow's ``job`` parameter is a :class:`CompressJob`: Prefect renders its form and refuses a bad
+value before any work. Tasks receive that job and their :class:`ShardPlan`.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, task, unmapped
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from sg3archive.pipeline.compress import ShardPlan, ShardResult, Summary, compress_shard, plan_shards, prepare
-from sg3archive.pipeline.jobs import CompressJob, load_job, make_job
+from sg3archive.pipeline import (
+    CompressJob,
+    CompressReport,
+    JobError,
+    ShardPlan,
+    ShardReport,
+    compress_shard,
+    load_job,
+    make_job,
+    new_run_id,
+    plan_shards,
+    prepare,
+    remove_plans,
+)
 
 
-def _job(job: dict[str, Any] | None, manifest: str | None) -> CompressJob:
+def compress_job(job: CompressJob | None, manifest: str | None, overrides: dict[str, Any] | None) -> CompressJob:
+    """The job a run does: ``job``, or the YAML ``manifest`` with ``job``'s explicitly set fields
+    over it; then ``overrides`` (CompressJob fields) over either."""
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     if manifest:
-        return load_job(manifest, CompressJob, **(job or {}))
-    return make_job(CompressJob, job or {})
+        given = job.model_dump(exclude_unset=True) if job is not None else {}
+        return load_job(manifest, CompressJob, **{**given, **extra})
+    if job is None:
+        raise JobError("compress_flow needs a job (CompressJob fields: source, destination, ...) or a manifest")
+    return make_job(CompressJob, {**job.model_dump(), **extra}) if extra else job
 
 
 @task(name="prepare-archive")
-def prepare_task(job: dict[str, Any]) -> dict[str, Any]:
-    return prepare(CompressJob(**job))
+def prepare_task(job: CompressJob) -> dict[str, Any]:
+    return prepare(job)
 
 
 @task(name="plan-shards")
-def plan_task(job: dict[str, Any]) -> list[dict[str, Any]]:
-    return [asdict(p) for p in plan_shards(CompressJob(**job))]
+def plan_task(job: CompressJob, run_id: str) -> list[ShardPlan]:
+    return list(plan_shards(job, run_id))
 
 
 @task(name="compress-shard", retries=1, retry_delay_seconds=5)
-def shard_task(job: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
-    return asdict(compress_shard(CompressJob(**job), ShardPlan(**plan)))
+def shard_task(job: CompressJob, plan: ShardPlan) -> ShardReport:
+    return compress_shard(job, plan)
+
+
+@task(name="remove-plans")
+def remove_plans_task(job: CompressJob, run_id: str) -> None:
+    remove_plans(job, run_id)
 
 
 @flow(name="compress-shards", log_prints=True)
-def compress_shards_flow(values: dict[str, Any]) -> dict[str, Any]:
+def compress_shards_flow(job: CompressJob) -> dict[str, Any]:
     """The work of a compress run, under the task runner the job selected (see ``compress_flow``)."""
-    spec = CompressJob(**values)
     started = time.perf_counter()
-    prepare_task(values)
-    plans = plan_task(values)
-    progress = create_progress_artifact(progress=0.0, description=f"compress {spec.source} -> {spec.destination}")
-    summary = Summary(spec.destination)
-    futures = shard_task.map(unmapped(values), plans)
+    prepare_task(job)
+    run_id = new_run_id()
+    plans = plan_task(job, run_id)
+    progress = cast(UUID, create_progress_artifact(progress=0.0,  # sync call: the artifact's id
+                                                   description=f"compress {job.source} -> {job.destination}"))
+    results: list[ShardReport] = []
+    futures = shard_task.map(unmapped(job), plans)
     for n, future in enumerate(futures, 1):
-        summary.add(ShardResult(**future.result()))
+        results.append(future.result())
         update_progress_artifact(progress, progress=100.0 * n / max(1, len(plans)))
-    summary.seconds = time.perf_counter() - started
+    remove_plans_task(job, run_id)  # the run completed (failed sources included): its plans go
+    summary = CompressReport.of(job.destination, results, time.perf_counter() - started)
     d = summary.to_dict()
     create_table_artifact(key="compress-summary", table=[{k: d[k] for k in (
         "archive", "shards", "images", "failures", "skipped", "payload_bytes", "source_bytes", "ratio",
@@ -65,18 +95,19 @@ def compress_shards_flow(values: dict[str, Any]) -> dict[str, Any]:
 
 
 @flow(name="compress", log_prints=True)
-def compress_flow(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
-    """Compress per ``job`` (CompressJob fields) and/or a YAML ``manifest`` (job fields override it).
+def compress_flow(job: CompressJob | None = None, manifest: str | None = None,
+                  overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compress per ``job`` and/or a YAML ``manifest`` (``overrides``: CompressJob fields over either).
 
     The shard tasks run in a subflow whose task runner is the job's choice: ``task_runner:
     thread`` (``workers`` threads) or ``dask`` (a local Dask cluster of ``workers`` workers), so a
     deployment selects it through its parameters.
     """
-    spec = _job(job, manifest)
-    return compress_shards_flow.with_options(task_runner=task_runner_for(spec))(spec.model_dump())
+    spec = compress_job(job, manifest, overrides)
+    return compress_shards_flow.with_options(task_runner=task_runner_for(spec))(spec)
 
 
-def task_runner_for(spec: CompressJob):
+def task_runner_for(spec: CompressJob) -> Any:
     """The task runner a job asks for: a thread pool of ``workers``, a running Dask scheduler
     (``dask_address``), or a local Dask cluster with ``workers`` single-threaded workers."""
     if spec.task_runner == "dask":
@@ -88,6 +119,7 @@ def task_runner_for(spec: CompressJob):
     return ThreadPoolTaskRunner(max_workers=spec.workers)
 
 
-def run_compress(job: dict[str, Any] | None = None, manifest: str | None = None) -> dict[str, Any]:
+def run_compress(job: CompressJob | dict[str, Any] | None = None, manifest: str | None = None,
+                 overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the compress flow (its task runner follows the job's ``task_runner`` and ``workers``)."""
-    return compress_flow(job=job, manifest=manifest)
+    return compress_flow(job=job, manifest=manifest, overrides=overrides)  # type: ignore[arg-type]

@@ -476,7 +476,7 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, **field
 def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
     """Counts, sizes, bit allocation, fingerprints and every failure of ARCHIVE (or, with --rows
     or --shards, its images or shards)."""
-    from sg3archive.pipeline.inspect import inspect_archive, iter_rows, list_shards
+    from sg3archive.pipeline.inspect import inspect_report, iter_rows, list_shards
     from sg3archive.text import printable
 
     def warn(problems: list[str]) -> None:  # each once, on stderr, before the listing
@@ -508,28 +508,28 @@ def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
                 quality = f"{r['psnr']:6.2f}" if r["psnr"] is not None else f"{'-':>6s}"
                 click.echo(f"{r['id']}  {quality}  {r['payload_bytes']:6d}  {printable(r['name'])}")
         return
-    info = inspect_archive(archive)
-    warn(info["problems"])
+    info = inspect_report(archive)
+    warn(info.problems)
     if as_json:
-        click.echo(json.dumps(info, indent=2, default=str))
+        click.echo(json.dumps(info.to_dict(), indent=2, default=str))
         return
-    s = info["settings"]
-    click.echo(f"archive {archive} (manifest generation {info['generation']})")
-    click.echo(f"  images {info['images']} in {info['shards']['images']} shards; failures {info['failures']}")
-    if info["images"]:
-        ratio = f"{info['ratio']:.1f}x" if info["ratio"] else "-"
-        click.echo(f"  payload {info['payload_bytes']} bytes in the shards ({info['bytes_per_image']:.0f} B/image); "
-                   f"source {info['source_bytes']} bytes; ratio {ratio}")
-        means = {k: "-" if info[k] is None else format(info[k], spec) for k, spec in (("mean_psnr", ".2f"),
-                                                                                     ("mean_ms_ssim", ".3f"))}
-        click.echo(f"  mean PSNR {means['mean_psnr']} dB, MS-SSIM {means['mean_ms_ssim']}")
+    s = info.settings
+    click.echo(f"archive {archive} (manifest generation {info.generation})")
+    click.echo(f"  images {info.images} in {info.shards['images']} shards; failures {info.failures}")
+    if info.images:
+        ratio = f"{info.ratio:.1f}x" if info.ratio else "-"
+        click.echo(f"  payload {info.payload_bytes} bytes in the shards ({info.bytes_per_image or 0:.0f} B/image); "
+                   f"source {info.source_bytes} bytes; ratio {ratio}")
+        psnr = "-" if info.mean_psnr is None else f"{info.mean_psnr:.2f}"
+        ms_ssim = "-" if info.mean_ms_ssim is None else f"{info.mean_ms_ssim:.3f}"
+        click.echo(f"  mean PSNR {psnr} dB, MS-SSIM {ms_ssim}")
     click.echo(f"  profile {s.get('profile')}; bits per layer {s.get('bits')}")
     click.echo(f"  generator {s.get('generator_fingerprint')}\n  encoder   {s.get('encoder_fingerprint')}\n"
                f"  codec     {s.get('codec_hash')}")
-    for failure in info["failure_list"]:
+    for failure in info.failure_list:
         click.echo(printable(f"  FAILED {failure['source_uri']}: [{failure['stage']}] {failure['reason']}"))
-    if info["orphans"]:
-        click.echo(f"  {len(info['orphans'])} uncommitted shard files (from interrupted runs; ignored by readers)")
+    if info.orphans:
+        click.echo(f"  {len(info.orphans)} uncommitted shard files (from interrupted runs; ignored by readers)")
 
 
 AUDIT_FIELDS = ["sample_size", "seed", "network", "encoder", "report", "device", "lpips", "source_roots",

@@ -1,1 +1,69 @@
-"""The archive pipeline: job specs, compress, restore, inspect (library code; the CLI and flows call it)."""
+"""The archive pipeline: what the CLI and the Prefect flows run (library code, no Prefect).
+
+Modules, each named for what it does:
+
+* :mod:`~sg3archive.pipeline.jobs`: the job models (``CompressJob``, ``RestoreJob``, ``AuditJob``),
+  manifests and their versions; :mod:`~sg3archive.pipeline.strict_yaml` reads manifests strictly.
+* :mod:`~sg3archive.pipeline.session`: ``ArchiveSession`` — one archive opened once with its
+  generator, encoder and codec (one bounded process cache), fingerprints checked at open.
+* :mod:`~sg3archive.pipeline.plans`: shard plans under the archive's ``_plans/`` (with the skip set
+  computed once per run); :mod:`~sg3archive.pipeline.calibrate`: fitting a new archive's codec;
+  :mod:`~sg3archive.pipeline.encode`: the one encode (+ refinement) → code → measure step;
+  :mod:`~sg3archive.pipeline.compress`: prepare, compress one shard, compress a job.
+* :mod:`~sg3archive.pipeline.restore` (a package): selection, names, targets, source protection,
+  output encoding, the restore run and its report.
+* :mod:`~sg3archive.pipeline.inspect`: counts, shards and rows of an archive.
+
+The names below are the public ones (the flows import only these); they are resolved on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sg3archive.lazy import lazy_exports
+
+__all__ = [
+    "JOB_VERSION", "ArchiveSession", "AuditJob", "InspectReport", "AuditThresholds", "BadRow", "CompressJob", "CompressReport",
+    "JobError", "RestoreIncompleteError", "RestoreJob", "RestorePlan", "RestoreReport", "ShardPlan", "ShardReport",
+    "compress", "compress_shard", "incomplete_cause", "incomplete_text", "inspect_archive", "load_job", "make_job",
+    "inspect_report", "new_run_id", "not_restored_text", "plan_restore", "plan_shards", "prepare", "remove_plans", "restore",
+]
+_EXPORTS = {
+    **dict.fromkeys(["JOB_VERSION", "AuditJob", "AuditThresholds", "CompressJob", "JobError", "RestoreJob",
+                     "load_job", "make_job"], ".jobs"),
+    "ArchiveSession": ".session",
+    **dict.fromkeys(["CompressReport", "ShardReport", "compress", "compress_shard", "prepare"], ".compress"),
+    **dict.fromkeys(["ShardPlan", "new_run_id", "plan_shards", "remove_plans"], ".plans"),
+    **dict.fromkeys(["BadRow", "RestoreIncompleteError", "RestorePlan", "RestoreReport", "incomplete_cause",
+                     "incomplete_text", "not_restored_text", "plan_restore", "restore"], ".restore"),
+    **dict.fromkeys(["InspectReport", "inspect_archive", "inspect_report"], ".inspect"),
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+if TYPE_CHECKING:
+    from sg3archive.pipeline.compress import CompressReport, ShardReport, compress, compress_shard, prepare
+    from sg3archive.pipeline.inspect import InspectReport, inspect_archive, inspect_report
+    from sg3archive.pipeline.jobs import (
+        JOB_VERSION,
+        AuditJob,
+        AuditThresholds,
+        CompressJob,
+        JobError,
+        RestoreJob,
+        load_job,
+        make_job,
+    )
+    from sg3archive.pipeline.plans import ShardPlan, new_run_id, plan_shards, remove_plans
+    from sg3archive.pipeline.restore import (
+        BadRow,
+        RestoreIncompleteError,
+        RestorePlan,
+        RestoreReport,
+        incomplete_cause,
+        incomplete_text,
+        not_restored_text,
+        plan_restore,
+        restore,
+    )
+    from sg3archive.pipeline.session import ArchiveSession

@@ -1,6 +1,16 @@
-"""Compress a collection into an archive: prepare (codec model, archive settings), plan shards,
-compress each shard (one unit of work: models loaded once, images batched on the device, one
-Parquet shard written and committed), summarize.
+"""Compress a collection into an archive: prepare (open or create the archive, fit its codec),
+plan shards, compress each shard, summarize.
+
+One shard is one unit of work (:func:`compress_shard`), in named steps: open the archive (models,
+codec, fingerprints checked), decide the skips from its own plan file, read each source, decode and
+fit it, encode a batch (:func:`sg3archive.pipeline.encode.code_batch`, the path calibration uses
+too), build the rows, write and commit the shard. Plan files: :mod:`sg3archive.pipeline.plans`;
+calibration: :mod:`sg3archive.pipeline.calibrate`.
+
+A task's shards are named after its plan (:func:`~sg3archive.pipeline.plans.shard_name`), so a
+retried task (one that died after its commit, before it returned) finds them, commits them again
+(a no-op once landed) and reports them, instead of archiving its plan a second time
+(:func:`written_before`).
 
 Usable without Prefect (:func:`compress`, what the CLI runs); the Prefect flow calls
 :func:`prepare`, :func:`plan_shards` and :func:`compress_shard` as tasks.
@@ -9,63 +19,68 @@ Usable without Prefect (:func:`compress`, what the CLI runs); the Prefect flow c
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import posixpath
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import fsspec
-import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from sg3archive.codec import LatentCodec
+from sg3archive.codec.names import AUTO_PROFILE
 from sg3archive.codec.profiles import resolve_bits
-from sg3archive.encoding import encode_images, refine_latents
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.metrics import ms_ssim, psnr
+from sg3archive.images import IMAGE_SUFFIXES, ImageRejected, iter_sources, load_fitted, read_bytes, sha256_hex, thumbnail
+from sg3archive.pipeline.calibrate import MAPPING_CALIBRATION, calibration_ws, fit_codec
+from sg3archive.pipeline.encode import CodedBatch, code_batch
 from sg3archive.pipeline.jobs import CompressJob
-from sg3archive.pipeline.models import Models, load_codec, load_models
-from sg3archive.pixels import to_uint8
-from sg3archive.store import format as fmt
-from sg3archive.store.archive import ArchiveStore
-from sg3archive.store.bounded import own_folder
-from sg3archive.store.format import ArchiveMismatchError
-from sg3archive.store.inputs import (
-    IMAGE_SUFFIXES,
-    ImageRejected,
-    decode_image,
-    fit_to_square,
-    iter_sources,
-    read_bytes,
-    sha256_hex,
-    to_tensor,
+from sg3archive.pipeline.plans import (
+    PLAN_SUFFIX,
+    PLANS_DIR,
+    PlanEntry,
+    ShardPlan,
+    committed_exact_keys,
+    new_run_id,
+    parse_plan,
+    parse_plan_entries,
+    plan_shards,
+    plan_text,
+    read_plan,
+    remove_plans,
+    shard_name,
 )
-from sg3archive.store.manifest import ARCHIVE_FILE, CODEC_DIR
-from sg3archive.training.data import SyntheticPairs
+from sg3archive.pipeline.session import ArchiveSession, Models, cache
+from sg3archive.store import format as fmt
+from sg3archive.store.archive import ArchiveStore, ShardRecord, ShardRefusedError, UnsafeArchiveFileError
+from sg3archive.store.format import ArchiveMismatchError
+from sg3archive.store.manifest import ARCHIVE_FILE
 
-PLANS_DIR = "_plans"
-MAPPING_CALIBRATION = 512  # mapping-network W+ samples added to the codec's calibration set
+__all__ = [
+    "MAPPING_CALIBRATION", "PLANS_DIR", "PLAN_SUFFIX", "CompressReport", "LpipsWeightsMissingError",
+    "NothingToArchiveError", "PlanEntry", "ShardPlan", "ShardReport", "ShardResult", "Summary", "calibration_ws",
+    "check_job_paths", "committed_exact_keys", "compress", "compress_shard", "parse_plan", "parse_plan_entries",
+    "plan_shards", "plan_text", "prepare", "recon_thumbnail", "remove_plans", "settings_key", "written_before",
+]
+
+recon_thumbnail = thumbnail  # the encode-time fingerprint of a reconstruction (home: sg3archive.images.thumbs)
 
 
+# -- reports -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class ShardPlan:
-    """One unit of work: the URIs listed in ``path`` (a JSON-lines file in the archive: one JSON
-    string per line, ASCII-only, so any name a file system allows round-trips; see
-    :func:`plan_text`)."""
+class ShardReport:
+    """What one shard task did: rows written (``shard``), failures recorded (``failure_shard``),
+    sources skipped because an earlier run archived them (``failed_before`` of them as failures)."""
 
-    index: int
-    path: str
-    count: int
-
-
-@dataclass
-class ShardResult:
     index: int
     shard: str | None = None
     images: int = 0
@@ -78,8 +93,13 @@ class ShardResult:
     failure_shard: str | None = None
 
 
-@dataclass
-class Summary:
+ShardResult = ShardReport  # the name of earlier versions
+
+
+@dataclass(frozen=True)
+class CompressReport:
+    """A compress run: the sums of its :class:`ShardReport` s (:meth:`of`)."""
+
     archive: str
     shards: int = 0
     images: int = 0
@@ -89,17 +109,21 @@ class Summary:
     payload_bytes: int = 0
     source_bytes: int = 0
     seconds: float = 0.0
-    results: list[ShardResult] = field(default_factory=list)
+    results: tuple[ShardReport, ...] = field(default_factory=tuple)
 
-    def add(self, r: ShardResult) -> None:
-        self.results.append(r)
-        self.shards += 1 if r.shard else 0
-        self.images += r.images
-        self.failures += r.failures
-        self.skipped += r.skipped
-        self.failed_before += r.failed_before
-        self.payload_bytes += r.payload_bytes
-        self.source_bytes += r.source_bytes
+    @classmethod
+    def of(cls, archive: str, results: Iterable[ShardReport], seconds: float = 0.0) -> CompressReport:
+        """The report of a run whose shard tasks reported ``results``."""
+        results = tuple(results)
+        return cls(archive, shards=sum(1 for r in results if r.shard), images=sum(r.images for r in results),
+                   failures=sum(r.failures for r in results), skipped=sum(r.skipped for r in results),
+                   failed_before=sum(r.failed_before for r in results),
+                   payload_bytes=sum(r.payload_bytes for r in results),
+                   source_bytes=sum(r.source_bytes for r in results), seconds=seconds, results=results)
+
+    def added(self, r: ShardReport) -> CompressReport:
+        """This report with one more shard's (what ``Summary.add`` did in place before)."""
+        return CompressReport.of(self.archive, (*self.results, r), self.seconds)
 
     @property
     def archived_any(self) -> bool:
@@ -120,21 +144,26 @@ class Summary:
                 line += f"; {self.images / self.seconds:.2f} images/s"
         return line
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        d["results"] = list(d["results"])
         d["ratio"] = self.source_bytes / self.payload_bytes if self.payload_bytes else None
         d["images_per_s"] = self.images / self.seconds if self.seconds else None
         return d
 
 
-def settings_key(settings: dict) -> str:
+Summary = CompressReport  # the name of earlier versions
+
+
+# -- archive settings ----------------------------------------------------------------------------
+def settings_key(settings: dict[str, Any]) -> str:
     """Short hash of what determines a row: the same source with the same key is not redone."""
     keep = {k: settings.get(k) for k in ("generator_fingerprint", "encoder_fingerprint", "codec_hash", "fit",
                                           "refine_steps", "resolution")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict:
+def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict[str, Any]:
     return {
         "generator_fingerprint": models.G.fingerprint,
         "encoder_fingerprint": models.encoder.fingerprint,
@@ -149,52 +178,13 @@ def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict:
     }
 
 
-def _read_source(uri: str, job: CompressJob) -> tuple[bytes, dict]:
-    """Read and hash one source (OSError / ImageRejected on failure)."""
-    data = read_bytes(uri, job.source_storage_options or None)
-    return data, {"source_uri": uri, "source_size": len(data), "source_sha256": sha256_hex(data)}
-
-
-def _square(data: bytes, info: dict, job: CompressJob, resolution: int) -> tuple[torch.Tensor, dict]:
-    """Decode and fit one source to the generator's square; ImageRejected says why not (running
-    out of memory included: one image never stops the run)."""
-    try:
-        img = decode_image(data, max_pixels=job.max_pixels, uri=info["source_uri"])
-        square, fit = fit_to_square(img.rgb, resolution, job.fit, max_pixels=job.max_pixels)
-    except MemoryError:
-        raise ImageRejected("out of memory decoding or fitting the image; lower --max-pixels or free memory",
-                            info["source_uri"]) from None
-    return to_tensor(square), dict(info, width=img.width, height=img.height, mode=img.mode, format=img.format,
-                                   fit=fit.to_json())
-
-
-def _load_square(uri: str, job: CompressJob, resolution: int) -> tuple[torch.Tensor, dict]:
-    data, info = _read_source(uri, job)
-    return _square(data, info, job, resolution)
-
-
-def _calibration_ws(job: CompressJob, models: Models) -> torch.Tensor:
-    """W+ codes to fit the codec on: the encoder's output for the first decodable images of the
-    collection, plus style-mixed samples of the generator's mapping network."""
-    images = []
-    if job.calibration_images:
-        for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
-            try:
-                images.append(_load_square(uri, job, models.resolution)[0])
-            except (ImageRejected, OSError, ValueError, MemoryError):
-                continue
-            if len(images) >= job.calibration_images:
-                break
-    parts = []
-    if images:
-        parts.append(encode_images(models.encoder, torch.stack(images).to(models.device), job.batch_size).cpu())
-    pairs = SyntheticPairs(models.G)
-    parts.append(pairs.ws(MAPPING_CALIBRATION, torch.Generator().manual_seed(0)).cpu())
-    return torch.cat(parts)
-
-
+# -- prepare -------------------------------------------------------------------------------------
 class NothingToArchiveError(Sg3ArchiveError):
     """The source holds no image files (or does not exist), or its files all failed."""
+
+
+class LpipsWeightsMissingError(Sg3ArchiveError):
+    """``lpips: true`` in a compress job, and the LPIPS weights are not provisioned."""
 
 
 def check_job_paths(job: CompressJob) -> None:
@@ -218,110 +208,210 @@ def check_job_paths(job: CompressJob) -> None:
                                     + ("" if job.pattern else " (or give --pattern)"))
 
 
-def prepare(job: CompressJob) -> dict:
+def check_lpips_weights(job: CompressJob) -> None:
+    """With ``lpips: true``, refuse a job whose LPIPS backbone weights are not provisioned (before
+    any model is loaded), saying how to provision them."""
+    if not job.lpips:
+        return
+    from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV, PROVISION_COMMAND, LpipsUnavailableError, resolve_backbone_state
+
+    try:
+        resolve_backbone_state("alex")
+    except LpipsUnavailableError:
+        raise LpipsWeightsMissingError(
+            f"lpips: true in the compress job needs the LPIPS (alex) weights, which are not provisioned here; run "
+            f"`{PROVISION_COMMAND} --fetch` or set ${LPIPS_WEIGHTS_ENV} to a folder holding them "
+            "(or set lpips: false)") from None
+
+
+def _check_profile(job: CompressJob, codec: LatentCodec) -> None:
+    """Refuse a profile other than the one the archive's codec was fitted with."""
+    same = codec.model.profile == AUTO_PROFILE if job.profile == AUTO_PROFILE else None
+    if same is None:
+        name, bits = resolve_bits(job.profile, codec.num_ws)
+        same = name == codec.model.profile and (name != "custom" or [float(b) for b in bits] == list(codec.bits))
+    if not same:
+        raise ArchiveMismatchError(
+            f"{job.destination} was made with codec profile {codec.model.profile!r} "
+            f"(bits {[float(b) for b in codec.bits]}), not {job.profile!r}; use its profile to add to it, "
+            "or a new destination")
+
+
+def prepare(job: CompressJob) -> dict[str, Any]:
     """Open (to resume) or create the archive; fit and store its codec model on first use.
-    Returns the archive settings. Refuses an existing archive made with other models, a missing
-    or empty source and a destination that is a file (:func:`check_job_paths`)."""
+    Returns the archive settings.
+
+    Refuses, before any plan is written or the codec fitted: a missing or empty source and a
+    destination that is a file (:func:`check_job_paths`), LPIPS asked for without its weights, and
+    an existing archive made with another generator, encoder or profile (or other settings).
+    """
     check_job_paths(job)
-    models = load_models(job.network, job.encoder, job.device)
-    codec_url = posixpath.join(job.destination.rstrip("/"), CODEC_DIR)  # the store's layout, before it exists
+    check_lpips_weights(job)
     fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
     if fs.exists(posixpath.join(root, ARCHIVE_FILE)):
-        codec = load_codec(codec_url, job.storage_options)
-        name, bits = resolve_bits(job.profile, codec.num_ws)
-        if name != codec.model.profile or (name == "custom" and [float(b) for b in bits] != list(codec.bits)):
-            raise ArchiveMismatchError(
-                f"{job.destination} was made with codec profile {codec.model.profile!r} "
-                f"(bits {[float(b) for b in codec.bits]}), not {job.profile!r}; use its profile to add to it, "
-                "or a new destination")
-        # Opens the archive, refusing it when it was made with other models or settings.
-        return ArchiveStore.create(job.destination, _settings(job, models, codec), job.storage_options).settings
-    coder = "range" if job.coder == "arithmetic" else job.coder
-    codec = LatentCodec.fit(_calibration_ws(job, models), profile=job.profile, coder=coder)
-    own_folder(fs, root, CODEC_DIR, job.destination)  # the codec is never written through a link out
-    codec.save(codec_url, storage_options=job.storage_options)
-    settings = _settings(job, models, codec)
-    ArchiveStore.create(job.destination, settings, storage_options=job.storage_options)
-    return settings
+        session = open_session(job)  # refuses other models (fingerprints) at open
+        assert session.models is not None
+        _check_profile(job, session.codec)
+        # Refuses the archive when its other settings (fit, refine steps, ...) differ.
+        settings = _settings(job, session.models, session.codec)
+        return ArchiveStore.create(job.destination, settings, job.storage_options).settings
+    models = cache.models(job.network, job.encoder, job.device)
+    codec = fit_codec(job, models)
+    # The store writes the codec content-addressed; when another run created the archive first,
+    # the session is that archive, with its codec (whose profile must then be the job's too).
+    session = ArchiveSession.create(job.destination, settings=_settings(job, models, codec), codec=codec,
+                                    models=models, storage_options=job.storage_options)
+    if session.codec.hash != codec.hash:
+        _check_profile(job, session.codec)
+    return session.settings
 
 
-PLAN_SUFFIX = ".jsonl"
+# -- one shard, in named steps -------------------------------------------------------------------
+Done = dict[str, dict[tuple[str | None, str], set[str]]]  # uri -> (sha256, settings_key) -> table kinds
 
 
-def plan_text(uris: list[str]) -> str:
-    """A plan file's text: one JSON string per line, ASCII-only (``\\n``, ``\\u2028``, lone
-    surrogates of names that are not UTF-8 all escaped), so every line break is a separator."""
-    return "".join(json.dumps(uri, ensure_ascii=True) + "\n" for uri in uris)
+def skip_set(entries: list[PlanEntry], store: ArchiveStore) -> Done:
+    """What the archive held for this plan's URIs, from the plan itself; for plans of earlier
+    versions (no committed entries in them) the archive's keys are read, as those versions did."""
+    done: Done = {}
+    for entry in entries:
+        if entry.done is not None:
+            for sha, key, kind in entry.done:
+                done.setdefault(entry.uri, {}).setdefault((sha, key), set()).add(kind)
+    if any(entry.done is None for entry in entries):
+        wanted = {entry.uri for entry in entries if entry.done is None}
+        for kind, keys in committed_exact_keys(store).items():
+            for uri, sha, key in keys:
+                if uri in wanted:
+                    done.setdefault(uri, {}).setdefault((sha, key), set()).add(kind)
+    return done
 
 
-def parse_plan(text: str, legacy: bool = False) -> list[str]:
-    """The URIs of a plan file's text (:func:`plan_text`); ``legacy``: the one-URI-per-line
-    ``.txt`` plans of earlier versions."""
-    if legacy:
-        return [line for line in text.splitlines() if line]
-    uris = []
-    for number, line in enumerate(text.split("\n"), 1):
-        if not line:
-            continue
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+@dataclass
+class _Shard:
+    """The state of one shard task while it runs (private: its result is a :class:`ShardReport`)."""
+
+    job: CompressJob
+    plan: ShardPlan
+    store: ArchiveStore
+    models: Models
+    codec: LatentCodec
+    perceptual: torch.nn.Module | None
+    key: str
+    entries: list[PlanEntry]
+    done: Done
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (exact source URI, row)
+    pending: list[tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=list)
+    skipped: int = 0
+    failed_before: int = 0
+    payload_bytes: int = 0
+    source_bytes: int = 0
+
+    # step: a failure row
+    def fail(self, info: dict[str, Any], stage: str, reason: str) -> None:
+        self.failures.append((info["source_uri"], {
+            **fmt.source_columns(None, info["source_uri"]), "source_size": info.get("source_size"),
+            "source_sha256": info.get("source_sha256"), "stage": stage, "reason": fmt.readable_text(reason),
+            "settings_key": self.key, "failed_at": _now()}))
+
+    # step: read one source
+    def read(self, uri: str) -> tuple[bytes, dict[str, Any]] | None:
+        """The source's bytes and its identity columns, or None (recorded as a failure)."""
         try:
-            uri = json.loads(line)
-        except ValueError:
-            uri = None
-        if not isinstance(uri, str):
-            raise Sg3ArchiveError(f"plan line {number} is not a JSON string; delete the _plans folder and re-run")
-        uris.append(uri)
-    return uris
+            data = read_bytes(uri, self.job.source_storage_options or None)
+        except ImageRejected as exc:
+            self.fail({"source_uri": uri}, "read", exc.reason)
+            return None
+        except (OSError, ValueError, MemoryError) as exc:
+            self.fail({"source_uri": uri}, "read", f"{type(exc).__name__}: {exc}")
+            return None
+        return data, {"source_uri": uri, "source_size": len(data), "source_sha256": sha256_hex(data)}
+
+    # step: skip what an earlier run archived
+    def already_done(self, info: dict[str, Any]) -> bool:
+        kinds = self.done.get(info["source_uri"], {}).get((info["source_sha256"], self.key))
+        if kinds is None:
+            return False
+        self.skipped += 1
+        self.failed_before += "images" not in kinds
+        return True
+
+    # step: decode and fit
+    def decode(self, data: bytes, info: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
+        """The source fitted to the generator's square (``load_fitted``), or None (a failure)."""
+        job = self.job
+        try:
+            fitted = load_fitted(data, self.models.resolution, job.fit, max_pixels=job.max_pixels,
+                                 uri=info["source_uri"])
+        except ImageRejected as exc:
+            self.fail(info, "decode", exc.reason)
+            return None
+        except (OSError, ValueError) as exc:
+            self.fail(info, "decode", f"{type(exc).__name__}: {exc}")
+            return None
+        return fitted.tensor, dict(info, **fitted.columns())
+
+    # step: encode a batch
+    def encode_pending(self) -> None:
+        """Code the pending batch into rows; a failing batch is recorded, the run goes on."""
+        if not self.pending:
+            return
+        x = torch.stack([t for t, _ in self.pending]).to(self.models.device)
+        infos = [i for _, i in self.pending]
+        self.pending.clear()
+        try:
+            coded = code_batch(self.models, self.codec, x, self.job, self.perceptual)
+        except Exception as exc:  # noqa: BLE001  (any failure of the models is the batch's reason)
+            for info in infos:
+                self.fail(info, "encode", f"{type(exc).__name__}: {exc}")
+            return
+        for i, info in enumerate(infos):
+            self.rows.append(self.image_row(info, coded, i))
+            self.payload_bytes += len(coded.payloads[i])
+            self.source_bytes += info["source_size"]
+
+    # step: one image row
+    def image_row(self, info: dict[str, Any], coded: CodedBatch, i: int) -> dict[str, Any]:
+        job, codec, models = self.job, self.codec, self.models
+        payload = coded.payloads[i]
+        return dict(info, **fmt.source_columns(job.source, info["source_uri"], job.source_storage_options),
+                    id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payload,
+                    payload_sha256=sha256_hex(payload), bits=[float(b) for b in codec.bits],
+                    profile=codec.model.profile, transform=None, psnr=coded.psnr[i], ms_ssim=coded.ms_ssim[i],
+                    lpips=None if coded.lpips is None else coded.lpips[i],
+                    recon_thumb=thumbnail(coded.recon[i]).tobytes(), encoder_fingerprint=models.encoder.fingerprint,
+                    generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash, settings_key=self.key,
+                    encoded_at=_now())
+
+    # step: write and commit
+    def write_and_commit(self) -> tuple[str | None, str | None, int]:
+        """Write the images and failures shards and commit them together; returns their names
+        and the number of failures recorded (one that failed before and again is not recorded twice)."""
+        failures = [row for uri, row in self.failures
+                    if (row["source_sha256"], self.key) not in self.done.get(uri, {})]
+        records = []
+        meta = dict(self.store.settings)
+        shard = failure_shard = None
+        # Images first: a failures shard on disk means the plan's images shard (if any) is there too.
+        if self.rows:
+            records.append(self.store.write_shard(pa.Table.from_pylist(self.rows, schema=fmt.images_schema()),
+                                                  "images", meta, name=shard_name(self.plan, "images")))
+            shard = records[-1].name
+        if failures:
+            records.append(self.store.write_shard(pa.Table.from_pylist(failures, schema=fmt.failures_schema()),
+                                                  "failures", meta, name=shard_name(self.plan, "failures")))
+            failure_shard = records[-1].name
+        if records:
+            self.store.commit(records)
+        return shard, failure_shard, len(failures)
 
 
-def plan_shards(job: CompressJob, run_id: str | None = None) -> Iterator[ShardPlan]:
-    """Stream the source listing into plan files of ``shard_size`` URIs under ``_plans/<run>/``;
-    yields one small record per shard (the listing itself is never held in memory)."""
-    run_id = run_id or dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-    fs, root = fsspec.core.url_to_fs(job.destination, **job.storage_options)
-    # _plans and _plans/<run> must be the archive's own folders (no link out) before a plan is written.
-    folder = own_folder(fs, root, f"{PLANS_DIR}/{run_id}", job.destination)
-    batch: list[str] = []
-    index = 0
-
-    def flush() -> ShardPlan:
-        path = posixpath.join(folder, f"{index:07d}{PLAN_SUFFIX}")
-        with fs.open(path, "w", encoding="ascii") as f:
-            f.write(plan_text(batch))
-        return ShardPlan(index, fs.unstrip_protocol(path), len(batch))
-
-    for uri in iter_sources(job.source, pattern=job.pattern, storage_options=job.source_storage_options or None):
-        batch.append(uri)
-        if len(batch) == job.shard_size:
-            yield flush()
-            index += 1
-            batch = []
-    if batch:
-        yield flush()
-
-
-def _read_plan(plan: ShardPlan, job: CompressJob) -> list[str]:
-    with fsspec.open(plan.path, "r", encoding="utf-8", **job.storage_options) as f:
-        return parse_plan(f.read(), legacy=not plan.path.endswith(PLAN_SUFFIX))
-
-
-def committed_exact_keys(store: ArchiveStore) -> dict[str, set[tuple[str, str | None, str]]]:
-    """``(exact source_uri, source_sha256, settings_key)`` of the committed rows, by table kind:
-    :meth:`ArchiveStore.committed_keys_by_kind` with names that are not UTF-8 compared exactly
-    (their stored ``source_uri`` is a readable form another name could share)."""
-    keys: dict[str, set[tuple[str, str | None, str]]] = {kind: set() for kind in fmt.KINDS}
-    for kind in fmt.KINDS:
-        if store.shards(kind):
-            keys[kind] = fmt.exact_keys(store.read_table(kind, columns=list(fmt.EXACT_KEY_COLUMNS)))
-    return keys
-
-
-def recon_thumbnail(img: torch.Tensor) -> np.ndarray:
-    """``[8, 8, 3]`` uint8 thumbnail of one reconstruction ``[3, R, R]``: the fingerprint written at
-    encode time and compared by the audit's determinism check."""
-    return to_uint8(F.adaptive_avg_pool2d(img.float(), 8)[None])[0]
-
-
-def _ticking(items: list[str], tick: Callable[[int], None] | None) -> Iterator[str]:
+def _ticking(items: list[PlanEntry], tick: Callable[[int], None] | None) -> Iterator[PlanEntry]:
     """``items``, calling ``tick(1)`` once the loop body has finished with each one."""
     for item in items:
         yield item
@@ -329,120 +419,126 @@ def _ticking(items: list[str], tick: Callable[[int], None] | None) -> Iterator[s
             tick(1)
 
 
-def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None] | None = None) -> ShardResult:
+@functools.lru_cache(maxsize=2)
+def _lpips_on(device: str) -> torch.nn.Module:
+    """The LPIPS (alex) metric on ``device``, built once per process and device (bounded)."""
+    from sg3archive.metrics import LPIPS
+
+    return LPIPS("alex", device=device)
+
+
+def _perceptual(job: CompressJob, device: torch.device) -> torch.nn.Module | None:
+    """The LPIPS model when the job records LPIPS (None otherwise)."""
+    return _lpips_on(str(device)) if job.lpips else None
+
+
+def open_session(job: CompressJob) -> ArchiveSession:
+    """The job's archive opened with its models and codec; a generator, encoder or codec model
+    other than the ones the archive was made with is refused here (ArchiveMismatchError)."""
+    return ArchiveSession.open(job.destination, storage_options=job.storage_options, network=job.network,
+                               encoder=job.encoder, device=job.device, check=True)
+
+
+def written_before(store: ArchiveStore, plan: ShardPlan) -> ShardReport | None:
+    """What an earlier try of this plan's task wrote, committed (again) and reported; ``None`` when
+    it wrote nothing (the plan is to be done).
+
+    One ``exists`` per table kind (the plan's shard names), never a listing or another shard: a
+    task retried after its commit (or after writing, before committing) commits its shards once
+    (:meth:`ArchiveStore.commit` writes nothing for shards already listed) and reports their rows,
+    with nothing skipped. Images are written before failures, so an images shard alone is either
+    the whole plan or a try that died before its failures shard: those sources are then not
+    recorded as failures, and the next run tries them again.
+
+    Raises:
+        Sg3ArchiveError: a file of such a name is there but the store refuses it (damage).
+    """
+    records: dict[str, ShardRecord] = {}
+    for kind in fmt.KINDS:
+        name = shard_name(plan, kind)
+        try:
+            record = store.written_shard(name, kind)
+        except (ShardRefusedError, UnsafeArchiveFileError) as exc:
+            why = exc.why if isinstance(exc, ShardRefusedError) else str(exc)
+            raise Sg3ArchiveError(
+                f"shard {name} in {store.url}/shards, left by an earlier try of plan {plan.index} ({plan.path}), "
+                f"is damaged ({why}); delete it and rerun") from None
+        if record is not None:
+            records[kind] = record
+    if not records:
+        return None
+    store.commit(list(records.values()))
+    images, failures = records.get("images"), records.get("failures")
+    payload_bytes = source_bytes = 0
+    if images is not None and images.rows:
+        with store.fs.open(store.shard_path(images.name), "rb") as f:
+            table = pq.read_table(f, columns=["payload", "source_size"])
+        payload_bytes = int(pc.sum(pc.binary_length(table.column("payload"))).as_py() or 0)
+        source_bytes = int(pc.sum(table.column("source_size")).as_py() or 0)
+    return ShardReport(plan.index, shard=images.name if images else None, images=images.rows if images else 0,
+                       failures=failures.rows if failures else 0, payload_bytes=payload_bytes,
+                       source_bytes=source_bytes, failure_shard=failures.name if failures else None)
+
+
+def open_shard(job: CompressJob, plan: ShardPlan, session: ArchiveSession | None = None) -> _Shard:
+    """Step 1 of a shard task: open the archive with its models and codec (refusing other models;
+    or take ``session``, opened so), read the plan and decide the skips from it."""
+    session = session or open_session(job)
+    assert session.models is not None
+    entries = read_plan(plan, job.storage_options)
+    return _Shard(job, plan, session.store, session.models, session.codec, _perceptual(job, session.device),
+                  settings_key(session.settings), entries, skip_set(entries, session.store))
+
+
+def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None] | None = None) -> ShardReport:
     """Encode, quantize and store the images of one plan as one shard, then commit it.
 
-    Sources already in the archive (same URI, sha256 and settings) are skipped; unreadable ones
-    go to a failures shard with their reason. Committing per shard makes a killed run resumable.
-    ``tick(1)`` is called as each source is done with (a progress bar's ``update``).
+    Sources already in the archive (same URI, sha256 and settings, as the plan recorded them) are
+    skipped; unreadable ones go to a failures shard with their reason. Committing per shard makes
+    a killed run resumable. The shards are named after the plan: a retry of a task whose first try
+    wrote them commits and reports those (:func:`written_before`) and reads no source. ``tick(1)``
+    is called as each source is done with (a progress bar's ``update``).
     """
     started = time.perf_counter()
-    models = load_models(job.network, job.encoder, job.device)
-    store = ArchiveStore.open(job.destination, storage_options=job.storage_options)
-    codec = load_codec(store.codec_url, job.storage_options)
-    key = settings_key(store.settings)
-    done_by_kind = committed_exact_keys(store)
-    done = set().union(*done_by_kind.values())
-    result = ShardResult(plan.index)
-    rows: list[dict] = []
-    failures: list[tuple[str, dict]] = []  # (exact source URI, row)
-    pending: list[tuple[torch.Tensor, dict]] = []
-    now = lambda: dt.datetime.now(dt.timezone.utc)  # noqa: E731
-
-    def fail(info: dict, stage: str, reason: str) -> None:
-        failures.append((info["source_uri"], {
-            **fmt.source_columns(None, info["source_uri"]), "source_size": info.get("source_size"),
-            "source_sha256": info.get("source_sha256"), "stage": stage, "reason": fmt.readable_text(reason),
-            "settings_key": key, "failed_at": now()}))
-
-    def encode_pending() -> None:
-        if not pending:
-            return
-        x = torch.stack([t for t, _ in pending]).to(models.device)
-        infos = [i for _, i in pending]
-        pending.clear()
-        try:
-            ws = encode_images(models.encoder, x, job.batch_size)
-            if job.refine_steps:
-                ws = refine_latents(models.G, ws, x, steps=job.refine_steps)
-            payloads = codec.compress(ws.cpu())
-            ws_hat = codec.decompress(payloads).to(models.device)
-            with torch.no_grad():
-                recon = torch.cat([models.G.synthesis(ws_hat[i:i + job.batch_size])
-                                   for i in range(0, len(ws_hat), job.batch_size)]).clamp(-1, 1)
-            p, s = psnr(recon, x).cpu(), ms_ssim(recon, x).cpu()
-        except Exception as exc:  # a failing batch is recorded, the run goes on
-            for info in infos:
-                fail(info, "encode", f"{type(exc).__name__}: {exc}")
-            return
-        for i, info in enumerate(infos):
-            rows.append(dict(info, **fmt.source_columns(job.source, info["source_uri"], job.source_storage_options),
-                             id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payloads[i], payload_sha256=sha256_hex(payloads[i]),
-                             bits=[float(b) for b in codec.bits], profile=codec.model.profile, transform=None,
-                             psnr=float(p[i]), ms_ssim=float(s[i]), lpips=None, recon_thumb=recon_thumbnail(recon[i].cpu()).tobytes(),
-                             encoder_fingerprint=models.encoder.fingerprint,
-                             generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash,
-                             settings_key=key, encoded_at=now()))
-            result.payload_bytes += len(payloads[i])
-            result.source_bytes += info["source_size"]
-
-    for uri in _ticking(_read_plan(plan, job), tick):
-        try:
-            data, info = _read_source(uri, job)
-        except ImageRejected as exc:
-            fail({"source_uri": uri}, "read", exc.reason)
+    session = open_session(job)
+    earlier = written_before(session.store, plan)
+    if earlier is not None:
+        if tick is not None:
+            tick(plan.count)
+        return replace(earlier, seconds=time.perf_counter() - started)
+    shard = open_shard(job, plan, session)
+    for entry in _ticking(shard.entries, tick):
+        read = shard.read(entry.uri)
+        if read is None or shard.already_done(read[1]):
             continue
-        except (OSError, ValueError, MemoryError) as exc:
-            fail({"source_uri": uri}, "read", f"{type(exc).__name__}: {exc}")
+        decoded = shard.decode(*read)
+        if decoded is None:
             continue
-        if (uri, info["source_sha256"], key) in done:
-            result.skipped += 1
-            result.failed_before += (uri, info["source_sha256"], key) not in done_by_kind["images"]
-            continue
-        try:
-            tensor, info = _square(data, info, job, models.resolution)
-        except ImageRejected as exc:
-            fail(info, "decode", exc.reason)
-            continue
-        except (OSError, ValueError) as exc:
-            fail(info, "decode", f"{type(exc).__name__}: {exc}")
-            continue
-        pending.append((tensor, info))
-        if len(pending) >= job.batch_size:
-            encode_pending()
-    encode_pending()
-
-    # A source that failed before and fails again is not recorded twice.
-    failures = [f for uri, f in failures if (uri, f["source_sha256"], key) not in done]
-    records = []
-    meta = dict(store.settings)
-    if rows:
-        table = pa.Table.from_pylist(rows, schema=fmt.images_schema())
-        records.append(store.write_shard(table, "images", meta))
-        result.shard = records[-1].name
-    if failures:
-        table = pa.Table.from_pylist(failures, schema=fmt.failures_schema())
-        records.append(store.write_shard(table, "failures", meta))
-        result.failure_shard = records[-1].name
-    if records:
-        store.commit(records)
-    result.images, result.failures = len(rows), len(failures)
-    result.seconds = time.perf_counter() - started
-    return result
+        shard.pending.append(decoded)
+        if len(shard.pending) >= job.batch_size:
+            shard.encode_pending()
+    shard.encode_pending()
+    name, failure_name, failures = shard.write_and_commit()
+    return ShardReport(plan.index, shard=name, images=len(shard.rows), failures=failures, skipped=shard.skipped,
+                       failed_before=shard.failed_before, payload_bytes=shard.payload_bytes,
+                       source_bytes=shard.source_bytes, seconds=time.perf_counter() - started,
+                       failure_shard=failure_name)
 
 
-def compress(job: CompressJob, progress: bool = True) -> Summary:
-    """The whole job in this process, shard after shard (the CLI's path; no Prefect needed)."""
+# -- the whole run -------------------------------------------------------------------------------
+def compress(job: CompressJob, progress: bool = True) -> CompressReport:
+    """The whole job in this process, shard after shard (the CLI's path; no Prefect needed). The
+    run's plan files are removed when it completes (failed sources included)."""
     started = time.perf_counter()
     if progress:
         tqdm.write(f"preparing {job.destination}: loading the models (a new archive also fits its codec"
                    f" on up to {job.calibration_images} of the images)", file=sys.stderr)
     prepare(job)
-    summary = Summary(job.destination)
-    plans = list(plan_shards(job))
-    total = sum(p.count for p in plans)
-    with tqdm(total=total, desc="compress", unit="img", disable=not progress) as bar:
+    run_id = new_run_id()
+    plans = list(plan_shards(job, run_id))
+    results = []
+    with tqdm(total=sum(p.count for p in plans), desc="compress", unit="img", disable=not progress) as bar:
         for plan in plans:
-            summary.add(compress_shard(job, plan, tick=bar.update))
-    summary.seconds = time.perf_counter() - started
-    return summary
+            results.append(compress_shard(job, plan, tick=bar.update))
+    remove_plans(job, run_id)
+    return CompressReport.of(job.destination, results, time.perf_counter() - started)

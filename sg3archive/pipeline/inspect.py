@@ -10,8 +10,10 @@ Anything wrong with the manifest (a damaged newest generation skipped) is return
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -48,14 +50,39 @@ class _Mean:
         return self.total / self.n if self.n else None
 
 
-def inspect_archive(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A JSON-able description of the archive at ``url`` (from its manifest: committed data only).
+@dataclass(frozen=True)
+class InspectReport:
+    """What ``sg3archive inspect ARCHIVE`` shows (from the manifest: committed data only).
 
     ``images`` and ``payload_bytes`` come from the shards' footers: ``payload_bytes`` is what the
     payload column takes in the shards (its Parquet column chunks as stored). ``source_bytes`` and
     the mean PSNR / MS-SSIM stream three small columns; ``failure_list`` streams the failures.
     ``problems`` lists damaged manifest generations that were skipped.
     """
+
+    archive: str
+    generation: int
+    problems: list[str]
+    shards: dict[str, int]
+    images: int
+    failures: int
+    payload_bytes: int
+    bytes_per_image: float | None
+    source_bytes: int
+    ratio: float | None
+    mean_psnr: float | None
+    mean_ms_ssim: float | None
+    settings: dict[str, Any]
+    failure_list: list[dict[str, Any]]
+    orphans: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form (``inspect --json``)."""
+        return dataclasses.asdict(self)
+
+
+def inspect_report(url: str, storage_options: dict[str, Any] | None = None) -> InspectReport:
+    """Describe the archive at ``url`` (see :class:`InspectReport`)."""
     store = ArchiveStore.open(url, storage_options=storage_options)
     manifest = store.manifest()
     problems = manifest_problems(store)
@@ -68,27 +95,24 @@ def inspect_archive(url: str, storage_options: dict[str, Any] | None = None) -> 
             source_bytes += int(pc.sum(batch.column("source_size")).as_py() or 0)
             psnr.add(batch.column("psnr"))
             ms_ssim.add(batch.column("ms_ssim"))
-    failure_list = []
+    failure_list: list[dict[str, Any]] = []
     if manifest.shards_of("failures"):
         for batch in store.iter_batches("failures", columns=["source_uri", "stage", "reason"], batch_size=ROWS_BATCH):
             failure_list += batch.to_pylist()
-    return {
-        "archive": url,
-        "generation": manifest.generation,
-        "problems": problems,
-        "shards": {kind: len(manifest.shards_of(kind)) for kind in ("images", "failures")},
-        "images": images,
-        "failures": len(failure_list),
-        "payload_bytes": payload_bytes,
-        "bytes_per_image": payload_bytes / images if images else None,
-        "source_bytes": source_bytes,
-        "ratio": source_bytes / payload_bytes if payload_bytes else None,
-        "mean_psnr": _finite(psnr.value),
-        "mean_ms_ssim": _finite(ms_ssim.value),
-        "settings": store.settings,
-        "failure_list": failure_list,
-        "orphans": store.orphans(),
-    }
+    return InspectReport(
+        archive=url, generation=manifest.generation, problems=problems,
+        shards={kind: len(manifest.shards_of(kind)) for kind in ("images", "failures")},
+        images=images, failures=len(failure_list), payload_bytes=payload_bytes,
+        bytes_per_image=payload_bytes / images if images else None, source_bytes=source_bytes,
+        ratio=source_bytes / payload_bytes if payload_bytes else None, mean_psnr=_finite(psnr.value),
+        mean_ms_ssim=_finite(ms_ssim.value), settings=store.settings, failure_list=failure_list,
+        orphans=store.orphans(),
+    )
+
+
+def inspect_archive(url: str, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """:func:`inspect_report` as its JSON form (a plain dict, for scripts and ``--json``)."""
+    return inspect_report(url, storage_options).to_dict()
 
 
 def _finite(value: float | None) -> float | None:

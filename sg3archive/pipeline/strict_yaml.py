@@ -38,7 +38,7 @@ def _where(mark: Any) -> str:
 class _StrictLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 core scalars, no anchors/aliases/merge keys, no duplicate keys."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
             raise StrictYAMLError(f"{_where(event.start_mark)}: anchors and aliases (&name, *name) are not allowed "
@@ -52,7 +52,7 @@ class _StrictLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
+    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)

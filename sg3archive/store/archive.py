@@ -4,8 +4,15 @@ Layout under the archive root (docs/FORMAT.md)::
 
     archive.json                     archive-level settings, written once at creation
     _manifest/<generation>.json      immutable manifest generations; the latest readable one is the truth
-    shards/<kind>-<uuid4hex>.parquet immutable Parquet shards, invisible until a generation lists them
-    codec/                           the latent codec model (written by LatentCodec.save)
+    shards/<kind>-<name>.parquet     immutable Parquet shards, invisible until a generation lists them
+                                     (``<kind>-<uuid4hex>``, or a name the writer gives: compress
+                                     names its shards after the plan, ``<kind>-<run>-<index>``)
+    codec/<sha256>/                  the latent codec model, content-addressed; archive.json names it
+                                     (archives written before: codec/ itself)
+    _plans/<run>/                    a compress run's plan files (:meth:`ArchiveStore.plans_folder`)
+    _audit/                          audit history records (:meth:`ArchiveStore.audit_folder`)
+
+The names live in sg3archive.store.layout.
 
 Writers call :meth:`ArchiveStore.write_shard` for each table, then :meth:`ArchiveStore.commit` once
 for the records; readers only ever see committed shards.
@@ -24,6 +31,7 @@ import io
 import json
 import logging
 import os
+import shutil
 import threading
 import uuid
 from collections.abc import Iterator
@@ -34,6 +42,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from sg3archive.atomic import fsync_folder
+from sg3archive.codec import LatentCodec
+from sg3archive.errors import Sg3ArchiveError
 from sg3archive.store.bounded import (
     ARCHIVE_FILE_CAP,
     ShardFooter,
@@ -47,6 +58,7 @@ from sg3archive.store.bounded import (
     read_shard_footer,
 )
 from sg3archive.store.format import (
+    EXACT_KEY_COLUMNS,
     FORMAT_NAME,
     FORMAT_VERSION,
     KEY_COLUMNS,
@@ -56,28 +68,36 @@ from sg3archive.store.format import (
     ArchiveNotFoundError,
     check_format_version,
     conform_table,
+    exact_keys,
     read_metadata,
     schema_for,
     table_metadata,
 )
-from sg3archive.store.manifest import (
+from sg3archive.store.layout import (
     ARCHIVE_FILE,
+    AUDIT_DIR,
     CODEC_DIR,
+    CODEC_KEY,
     MANIFEST_DIR,
+    PLANS_DIR,
     SHARDS_DIR,
     TEMP_PREFIX,
+    check_codec_folder,
+    codec_folder,
+    plans_folder,
+)
+from sg3archive.store.manifest import (
     Manifest,
     ManifestLog,
     ShardRecord,
     backend_of,
     create_exclusive,
-    fsync_dir,
     is_plain_name,
     utc_now,
 )
 
 __all__ = ["ArchiveStore", "ArchiveMismatchError", "ArchiveNotFoundError", "ShardRecord", "Manifest",
-           "ShardRefusedError", "UnsafeArchiveFileError"]
+           "ShardExistsError", "ShardRefusedError", "UnsafeArchiveFileError", "check_shard_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +112,26 @@ DICTIONARY_COLUMNS = ("mode", "format", "profile", "encoder_fingerprint", "gener
                       "codec_hash", "settings_key", "stage", "reason")
 # Min/max statistics of large binary columns are useless and bloat every footer.
 NO_STATISTICS_COLUMNS = ("payload", "recon_thumb", "fit", "bits", "transform")
+# Settings that describe the codec itself, not the job: when two first runs race to create an
+# archive, the loser takes the winner's codec, and with it these.
+CODEC_SETTINGS = ("codec_hash", "bits")
+ExactKey = tuple[str, str | None, str]  # (exact source URI, source_sha256, settings_key)
+
+
+class ShardExistsError(Sg3ArchiveError, FileExistsError):
+    """A shard is written under a name that a file in ``shards/`` already has (never replaced)."""
+
+
+def check_shard_name(name: str, kind: str) -> str:
+    """``name`` if it can name a new ``kind`` shard: a plain file name (no separator, no ``..``,
+    not hidden) of the form ``<kind>-<something>.parquet``; ValueError otherwise."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown table kind {kind!r}; expected one of {', '.join(KINDS)}")
+    stem = name.removeprefix(f"{kind}-").removesuffix(".parquet")
+    if (not is_plain_name(name) or name.startswith(".") or not name.startswith(f"{kind}-")
+            or not name.endswith(".parquet") or not stem):
+        raise ValueError(f"shard name {name!r} is not a plain file name of the form {kind}-<name>.parquet")
+    return name
 
 
 def _plain_json(value: Any, what: str) -> Any:
@@ -154,12 +194,22 @@ class ArchiveStore:
 
     # -- create / open ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, url: str, settings: dict[str, Any], storage_options: dict[str, Any] | None = None) -> ArchiveStore:
+    def create(cls, url: str, settings: dict[str, Any], storage_options: dict[str, Any] | None = None,
+               codec: LatentCodec | None = None) -> ArchiveStore:
         """Create an archive at ``url``, or open the one there if its settings are the same (resume).
 
         Args:
             settings: archive-level settings, plain JSON: fingerprints, codec hash, profile, num_ws,
                 w_dim, resolution... They are attached to every shard's metadata too.
+            codec: the archive's codec, for a new archive: written to ``codec/<its hash>/`` (whole
+                or not at all, never through a link) BEFORE archive.json is created exclusively,
+                which names that folder. When another run created the archive first, its codec
+                is the archive's: this call's codec folder is removed if it made it and the winner
+                names another, and the codec's own settings (:data:`CODEC_SETTINGS`) are the
+                winner's; the rest must match. Without ``codec``, archive.json names the folder
+                ``codec/<settings' codec_hash>/`` when the caller has already put that codec there;
+                otherwise the caller keeps the codec at :attr:`codec_url` itself (``codec/``, the
+                layout before content-addressed codecs).
 
         Raises:
             ArchiveMismatchError: an archive exists there with other settings (names the keys).
@@ -173,17 +223,93 @@ class ArchiveStore:
             for folder in (MANIFEST_DIR, SHARDS_DIR):
                 own_folder(fs, root, folder, url)  # creates the root too; never through a link
         doc = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "created_at": utc_now(), "settings": settings}
+        ours, made = None, False
+        if codec is not None:
+            ours, made = cls._write_codec(fs, root, url, codec, storage_options)
+            doc[CODEC_KEY] = ours
+        else:
+            present = cls._present_codec(fs, root, settings)
+            if present:
+                doc[CODEC_KEY] = present
         path = f"{root}/{ARCHIVE_FILE}"
         if create_exclusive(fs, path, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8")):
             logger.info("created archive %s", url)
             return cls(url, fs, root, doc)
         store = cls(url, fs, root, cls._read_archive_doc(fs, path, url))
-        differing = _differing_keys(store.settings, settings)
+        ignored: tuple[str, ...] = ()
+        if ours is not None:
+            theirs = store.archive_doc.get(CODEC_KEY, CODEC_DIR)
+            if theirs != ours:
+                logger.info("%s was created by another run with codec %s; using it", url, theirs)
+                if made:
+                    cls._remove_codec(fs, root, ours)
+            ignored = CODEC_SETTINGS
+        differing = [k for k in _differing_keys(store.settings, settings) if k.split(".", 1)[0] not in ignored]
         if differing:
             raise ArchiveMismatchError(
                 f"an archive already exists at {url} with different settings: {', '.join(differing)}; "
                 "use a new URL, or the settings it was created with to resume it")
         return store
+
+    @staticmethod
+    def _present_codec(fs: fsspec.AbstractFileSystem, root: str, settings: dict[str, Any]) -> str | None:
+        """The content-addressed folder of the codec ``settings`` name by hash, when the caller
+        has put it in place before creating the archive (a copied codec); None otherwise."""
+        digest = settings.get("codec_hash")
+        if not isinstance(digest, str):
+            return None
+        try:
+            folder = codec_folder(digest)
+        except ValueError:
+            return None
+        return folder if fs.isfile(f"{root}/{folder}/codec.json") else None
+
+    @staticmethod
+    def _write_codec(fs: fsspec.AbstractFileSystem, root: str, url: str, codec: LatentCodec,
+                     storage_options: dict[str, Any] | None) -> tuple[str, bool]:
+        """Write ``codec`` to its content-addressed folder unless it is there; returns the folder
+        (relative to the root) and whether this call made it."""
+        folder = codec_folder(codec.hash)
+        path = f"{root}/{folder}"
+        if backend_of(fs) != "local":
+            fs.invalidate_cache(path)
+            if fs.exists(f"{path}/codec.json"):
+                return folder, False
+            codec.save(fs.unstrip_protocol(path), storage_options=storage_options)  # codec.json last
+            return folder, True
+        top = own_folder(fs, root, CODEC_DIR, url)  # never written through a link out
+        if os.path.lexists(path):
+            own_folder(fs, root, folder, url)  # a link there is refused, not read through
+            return folder, False
+        temp = own_folder(fs, root, f"{CODEC_DIR}/{TEMP_PREFIX}{codec.hash[:16]}.{uuid.uuid4().hex[:12]}", url)
+        try:
+            codec.save(temp)
+            for name in os.listdir(temp):
+                with open(os.path.join(temp, name), "rb") as f:
+                    os.fsync(f.fileno())
+            try:
+                os.rename(temp, path)  # whole or not at all; fails if another run put it there first
+            except OSError as exc:
+                if not os.path.isdir(path) or os.path.islink(path):
+                    raise
+                logger.debug("codec %s was written by another run (%s)", folder, exc)
+                return folder, False
+            fsync_folder(top)
+            return folder, True
+        finally:
+            if os.path.isdir(temp) and not os.path.islink(temp):
+                shutil.rmtree(temp, ignore_errors=True)
+
+    @staticmethod
+    def _remove_codec(fs: fsspec.AbstractFileSystem, root: str, folder: str) -> None:
+        """Remove a codec folder this run wrote and the archive does not name (a lost race)."""
+        path = f"{root}/{check_codec_folder(folder)}"
+        if backend_of(fs) != "local":
+            fs.rm(path, recursive=True)
+            return
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            fsync_folder(f"{root}/{CODEC_DIR}")
 
     @classmethod
     def open(cls, url: str, storage_options: dict[str, Any] | None = None) -> ArchiveStore:
@@ -208,6 +334,11 @@ class ArchiveStore:
         if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME or not isinstance(doc.get("settings"), dict):
             raise ArchiveFormatError(f"{path} is not an sg3archive archive file")
         check_format_version(doc, path)
+        if CODEC_KEY in doc:
+            try:
+                check_codec_folder(doc[CODEC_KEY])
+            except ValueError as exc:
+                raise ArchiveFormatError(f"{path} is damaged: {exc}") from None
         return doc
 
     # -- paths -----------------------------------------------------------------------------------
@@ -235,26 +366,71 @@ class ArchiveStore:
         return [s.message() for s in self.log.skipped or [] if s.pending]
 
     @property
+    def codec_folder(self) -> str:
+        """The codec's folder relative to the root: the one archive.json names (``codec/<sha256>``),
+        or ``codec`` for archives written before codecs were content-addressed."""
+        return str(self.archive_doc.get(CODEC_KEY, CODEC_DIR))
+
+    @property
     def codec_url(self) -> str:
-        """Where the codec model lives (pass to LatentCodec.save/load with the same storage options)."""
-        return self.fs.unstrip_protocol(f"{self.root}/{CODEC_DIR}")
+        """Where the codec model lives (pass to LatentCodec.load with the same storage options)."""
+        return self.fs.unstrip_protocol(f"{self.root}/{self.codec_folder}")
+
+    def plans_folder(self, run_id: str) -> str:
+        """The path on ``fs`` of compress run ``run_id``'s plan folder ``_plans/<run>``, created and
+        made the archive's own (no link out) before a plan is written in it."""
+        return own_folder(self.fs, self.root, plans_folder(run_id), self.url)
+
+    def remove_plans(self, run_id: str) -> None:
+        """Remove run ``run_id``'s plan folder (the run completed), and ``_plans`` itself when no
+        other run's plans are left in it. Never follows a link out of the archive."""
+        folder = f"{self.root}/{plans_folder(run_id)}"
+        top = f"{self.root}/{PLANS_DIR}"
+        if backend_of(self.fs) != "local":
+            self.fs.invalidate_cache(top)
+            if self.fs.exists(folder):
+                self.fs.rm(folder, recursive=True)
+            return
+        if os.path.islink(top) or os.path.islink(folder) or not os.path.isdir(folder):
+            return
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass  # other runs' plans (or a run going on now) remain
+
+    def audit_folder(self, create: bool = True) -> str:
+        """The path on ``fs`` of the audit history folder ``_audit``; with ``create`` it is created
+        and made the archive's own (no link out) for a record to be written in it."""
+        if create:
+            return own_folder(self.fs, self.root, AUDIT_DIR, self.url)
+        return f"{self.root}/{AUDIT_DIR}"
 
     def _forget_listings(self) -> None:
         """Drop cached listings of shards/: s3fs answers "no such file" from a stale one."""
         self.fs.invalidate_cache(f"{self.root}/{SHARDS_DIR}")
 
     # -- writing ---------------------------------------------------------------------------------
-    def write_shard(self, table: pa.Table, kind: str, metadata: dict[str, Any] | None = None) -> ShardRecord:
+    def write_shard(self, table: pa.Table, kind: str, metadata: dict[str, Any] | None = None,
+                    name: str | None = None) -> ShardRecord:
         """Write ``table`` as a new immutable shard; invisible to readers until :meth:`commit`.
 
         Args:
             table: rows of ``kind``'s schema (column order free; required columns without nulls).
             kind: "images" or "failures".
             metadata: extra JSON for this shard's metadata document, on top of the archive settings.
+            name: the shard's file name (:func:`check_shard_name`: ``<kind>-<name>.parquet``);
+                default ``<kind>-<uuid4hex>.parquet``. A writer that can be retried names its
+                shards after its unit of work, so that a retry finds what the first try wrote.
 
         Returns:
             The record to pass to :meth:`commit` (name, sha256, rows, bytes).
+
+        Raises:
+            ShardExistsError: a file of that name is in ``shards/`` already; it is never replaced.
         """
+        name = check_shard_name(name, kind) if name is not None else f"{kind}-{uuid.uuid4().hex}.parquet"
+        path = self.shard_path(name)
         table = conform_table(table, kind)
         doc = {**self.settings, **(metadata or {})}
         table = table.replace_schema_metadata(table_metadata(doc, kind))
@@ -267,23 +443,66 @@ class ArchiveStore:
             write_statistics=[c for c in table.column_names if c not in NO_STATISTICS_COLUMNS],
         )
         data = sink.getvalue()
-        name = f"{kind}-{uuid.uuid4().hex}.parquet"
-        path = self.shard_path(name)
-        if backend_of(self.fs) == "local":
-            # A temp name then rename: no partial file ever carries the final name.
-            temp = self.shard_path(f"{TEMP_PREFIX}{name}")
-            own_folder(self.fs, self.root, SHARDS_DIR, self.url)  # never write through a link out
-            with open(temp, "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, path)
-            fsync_dir(os.path.dirname(path))
-        else:
-            # One PUT: object stores make it visible whole or not at all.
-            self.fs.pipe_file(path, data)
+        self._create_shard(name, path, data)
         return ShardRecord(name=name, kind=kind, sha256=hashlib.sha256(data).hexdigest(),
                            rows=table.num_rows, bytes=len(data))
+
+    def _create_shard(self, name: str, path: str, data: bytes) -> None:
+        """Write a shard file whole or not at all, never over an existing file.
+
+        Local disk: :func:`~sg3archive.store.manifest.create_exclusive` (a TEMP_PREFIX sibling,
+        fsynced, hard-linked to the name: fails if the name exists), in a ``shards/`` that is the
+        archive's own (no link out). Object stores: the name is checked first, then one PUT (with
+        ``If-None-Match`` where the store is S3); two writers of one name at the same moment are
+        not excluded there, which a retried task never is.
+        """
+        backend = backend_of(self.fs)
+        if backend == "local":
+            own_folder(self.fs, self.root, SHARDS_DIR, self.url)  # never write through a link out
+            created = create_exclusive(self.fs, path, data)
+        else:
+            self.fs.invalidate_cache(path)
+            created = not self.fs.exists(path)
+            if created and backend == "s3":
+                try:
+                    self.fs.pipe_file(path, data, mode="create")
+                except FileExistsError:
+                    created = False
+            elif created:
+                self.fs.pipe_file(path, data)
+        if not created:
+            raise ShardExistsError(f"shard {name} already exists in {self.url}/{SHARDS_DIR}; it is never "
+                                   "replaced: commit it, or delete it if no writer uses it, and write again")
+
+    def written_shard(self, name: str, kind: str) -> ShardRecord | None:
+        """The record of shard file ``name`` (``kind``) as written, committed or not, rebuilt from
+        the file: its size, sha256, and rows from its checked footer; ``None`` when there is no such
+        file. What a retried writer commits for a shard its first try wrote.
+
+        Raises:
+            ShardRefusedError, UnsafeArchiveFileError: the file is not a sound ``kind`` shard (not
+                a regular file of the archive, not Parquet, a footer or schema the store refuses,
+                its metadata of another kind).
+        """
+        path = self.shard_path(check_shard_name(name, kind))
+        try:
+            size = file_size(self.fs, path, self.root, f"shard {name}")
+        except FileNotFoundError:
+            return None
+        footer = read_shard_footer(self.fs, path, size, name)
+        check_shard_schema(footer.metadata, kind, name)
+        check_shard_values(self.fs, path, footer, name)
+        try:
+            doc = read_metadata(footer.metadata.schema.to_arrow_schema())
+        except (pa.ArrowException, ArchiveFormatError) as exc:
+            raise ShardRefusedError(name, f"its metadata is unreadable ({exc})", self.url, unreadable=True) from None
+        if doc.get("kind") != kind:
+            raise ShardRefusedError(name, f"its metadata says kind {doc.get('kind')!r}, not {kind!r}", self.url)
+        digest = hashlib.sha256()
+        with self.fs.open(path, "rb") as f:
+            while chunk := f.read(HASH_CHUNK):
+                digest.update(chunk)
+        return ShardRecord(name=name, kind=kind, sha256=digest.hexdigest(), rows=footer.rows, bytes=size)
 
     def commit(self, records: list[ShardRecord]) -> int:
         """Make written shards visible in one new manifest generation; returns its number.
@@ -425,6 +644,17 @@ class ArchiveStore:
                 continue
             table = self._dataset(kind, manifest=manifest).to_table(columns=list(KEY_COLUMNS))
             keys[kind].update(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
+        return keys
+
+    def committed_exact_keys(self) -> dict[str, set[ExactKey]]:
+        """``(exact source_uri, source_sha256, settings_key)`` of every committed row, by table
+        kind, read in one pass (one manifest, only :data:`EXACT_KEY_COLUMNS`): what a compress run
+        plans with. Names that are not UTF-8 compare exactly (``format.exact_keys``)."""
+        manifest = self.manifest()
+        keys: dict[str, set[ExactKey]] = {kind: set() for kind in KINDS}
+        for kind in KINDS:
+            if manifest.shards_of(kind):
+                keys[kind] = exact_keys(self._dataset(kind, manifest=manifest).to_table(columns=list(EXACT_KEY_COLUMNS)))
         return keys
 
     # -- checking --------------------------------------------------------------------------------

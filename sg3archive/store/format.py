@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 import pyarrow as pa
 
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.images.thumbs import THUMB_BYTES as THUMB_BYTES
+from sg3archive.images.thumbs import THUMB_SHAPE as THUMB_SHAPE
 
 FORMAT_NAME = "sg3archive"
 FORMAT_VERSION = 3  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
@@ -30,8 +32,8 @@ METADATA_KEY = b"sg3archive"
 KINDS = ("images", "failures")
 FAILURE_STAGES = ("list", "read", "decode", "encode", "write")
 TRANSFORM_SIZE = 9  # a 3x3 input transform, row-major
-THUMB_SHAPE = (8, 8, 3)  # recon_thumb: uint8 HWC
-THUMB_BYTES = THUMB_SHAPE[0] * THUMB_SHAPE[1] * THUMB_SHAPE[2]
+# recon_thumb's shape; its one home is sg3archive/images/thumbs.py (re-exported here)
+
 ID_HEX_CHARS = 32
 
 # Columns read to decide what a re-run may skip, in the order of committed_keys()'s tuples.
@@ -171,7 +173,7 @@ def source_root(src: str, storage_options: dict | None = None) -> str:
     """A compress job's SRC as a full URL without a trailing slash, the form listing gives
     sources in (``examples/images`` → ``file:///…/examples/images``). A local SRC is never parsed
     as an fsspec URL (``a::b`` is a folder name)."""
-    from sg3archive.store.inputs import filesystem_for
+    from sg3archive.images import filesystem_for
 
     fs, path = filesystem_for(src, storage_options)
     return fs.unstrip_protocol(path.rstrip("/") or path)

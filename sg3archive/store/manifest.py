@@ -34,6 +34,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.implementations.memory import MemoryFileSystem
 
+from sg3archive.atomic import fsync_folder
 from sg3archive.store.bounded import MANIFEST_CAP, UnsafeArchiveFileError, loads_strict, own_folder, read_bounded
 from sg3archive.store.format import (
     FORMAT_NAME,
@@ -44,15 +45,17 @@ from sg3archive.store.format import (
     NewerFormatError,
     check_format_version,
 )
+from sg3archive.store.layout import (  # noqa: F401  (the layout's names, importable from here as before)
+    ARCHIVE_FILE,
+    CODEC_DIR,
+    MANIFEST_DIR,
+    SHARDS_DIR,
+    TEMP_PREFIX,
+)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_DIR = "_manifest"
-SHARDS_DIR = "shards"
-ARCHIVE_FILE = "archive.json"
-CODEC_DIR = "codec"
 GENERATION_DIGITS = 10
-TEMP_PREFIX = ".tmp-"  # local temp files; never a valid generation or shard name
 
 # Attempts of the compare-and-swap before giving up, and the backoff between them (seconds).
 COMMIT_ATTEMPTS = 30
@@ -82,7 +85,7 @@ class ShardRecord:
     """One shard file as a manifest lists it.
 
     Attributes:
-        name: file name inside ``shards/`` (``<kind>-<uuid4 hex>.parquet``).
+        name: file name inside ``shards/`` (``<kind>-<name>.parquet``: compress names it after its run and plan, other writers use a uuid4).
         kind: the table kind, "images" or "failures".
         sha256: hex digest of the whole file.
         rows: number of rows.
@@ -362,17 +365,9 @@ def _create_local_excl(path: str, data: bytes) -> bool:
 
 
 def fsync_dir(folder: str) -> None:
-    """Make a local folder's entries (a new name, a rename) durable; a no-op where unsupported."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Make a local folder's entries (a new name, a rename) durable; a no-op where unsupported
+    (:func:`sg3archive.atomic.fsync_folder`)."""
+    fsync_folder(folder)
 
 
 class ManifestLog:
@@ -509,7 +504,7 @@ class ManifestLog:
         if backend_of(self.fs) == "local":
             own_folder(self.fs, self.root, MANIFEST_DIR)  # a generation is never written through a link
         delay = BACKOFF_FIRST
-        for attempt in range(attempts):
+        for _attempt in range(attempts):
             base, highest = self._latest(self.generations(), patient=True)
             listed = base.names()
             new = [r for r in records if r.name not in listed]
