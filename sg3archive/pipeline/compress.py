@@ -19,7 +19,6 @@ Usable without Prefect (:func:`compress`, what the CLI runs); the Prefect flow c
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import hashlib
 import json
 import posixpath
@@ -419,17 +418,14 @@ def _ticking(items: list[PlanEntry], tick: Callable[[int], None] | None) -> Iter
             tick(1)
 
 
-@functools.lru_cache(maxsize=2)
-def _lpips_on(device: str) -> torch.nn.Module:
-    """The LPIPS (alex) metric on ``device``, built once per process and device (bounded)."""
+def _perceptual(job: CompressJob, device: torch.device) -> torch.nn.Module | None:
+    """The LPIPS model when the job records LPIPS (None otherwise); built once per shard task
+    (a few MB, under a second) so it always follows the weights the environment provisions now."""
+    if not job.lpips:
+        return None
     from sg3archive.metrics import LPIPS
 
     return LPIPS("alex", device=device)
-
-
-def _perceptual(job: CompressJob, device: torch.device) -> torch.nn.Module | None:
-    """The LPIPS model when the job records LPIPS (None otherwise)."""
-    return _lpips_on(str(device)) if job.lpips else None
 
 
 def open_session(job: CompressJob) -> ArchiveSession:
