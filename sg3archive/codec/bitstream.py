@@ -46,6 +46,7 @@ import numpy as np
 
 from sg3archive.codec.errors import PayloadError
 from sg3archive.codec.names import WIRE_CODERS
+from sg3archive.codec.profiles import MAX_BITS, MIN_BITS
 
 MAGIC = b"W+"
 FORMAT_VERSION = 2
@@ -60,7 +61,7 @@ def profile_code(profile: str) -> int:
     """The one-byte code a payload records for a codec model's profile name."""
     if profile in _PRESET_CODES:
         return _PRESET_CODES[profile]
-    if profile.startswith("uniform") and profile[7:].isdigit() and 1 <= int(profile[7:]) <= 16:
+    if profile.startswith("uniform") and profile[7:].isdigit() and MIN_BITS <= int(profile[7:]) <= MAX_BITS:
         return 0x10 + int(profile[7:])
     return 0
 

@@ -23,7 +23,8 @@ import safetensors.numpy
 from sg3archive.codec import quantize as qz
 from sg3archive.codec.bitstream import HEADER_BYTES
 from sg3archive.codec.errors import CodecError
-from sg3archive.codec.profiles import PRESETS, layer_groups, resolve_bits
+from sg3archive.codec.names import AUTO_PROFILE, DEFAULT_PROFILE
+from sg3archive.codec.profiles import MAX_BITS, MIN_BITS, PRESETS, layer_groups, resolve_bits
 from sg3archive.codec.tables import (
     MIXTURE_WEIGHTS,
     NUM_CLASSES,
@@ -245,7 +246,7 @@ def payload_overhead(model: CodecModel) -> float:
 
 def fit_model(
     ws: np.ndarray,
-    profile: str | int | list[int] = "balanced",
+    profile: str | int | list[int] = DEFAULT_PROFILE,
     *,
     progressive: bool = True,
     decorrelate: bool = True,
@@ -279,7 +280,7 @@ def fit_model(
         u = u @ np.linalg.inv(basis_int.astype(np.float64) * 2.0**-qz.BASIS_BITS).T
     groups = layer_groups(num_ws) if progressive else [list(range(num_ws))]
 
-    if profile != "auto":
+    if profile != AUTO_PROFILE:
         if target_mse is not None or target_bytes is not None or layer_weights is not None:
             raise CodecError("target_mse / target_bytes / layer_weights go with profile='auto'")
         name, bits = resolve_bits(profile, num_ws)
@@ -290,7 +291,7 @@ def fit_model(
     if (target_mse is not None and target_mse <= 0) or (target_bytes is not None and target_bytes <= 0):
         raise CodecError("auto targets must be positive")
     if layer_weights is None:
-        _, balanced = resolve_bits("balanced", num_ws)
+        _, balanced = resolve_bits(DEFAULT_PROFILE, num_ws)
         shape = np.array(balanced, dtype=np.float64)
         weights = np.ones(num_ws)
     else:
@@ -305,8 +306,8 @@ def fit_model(
         return size, float((per_layer * weights).sum() / weights.sum())
 
     def build(offset: float) -> CodecModel:
-        bits = np.clip(shape + offset, 1, 16)
-        return _build(ws, bits, "auto", groups, centre, basis_int, u)
+        bits = np.clip(shape + offset, MIN_BITS, MAX_BITS)
+        return _build(ws, bits, AUTO_PROFILE, groups, centre, basis_int, u)
 
     lo, hi = -12.0, 8.0  # offsets in bits around the balanced shape; more bits → more bytes, less MSE
     for _ in range(16):

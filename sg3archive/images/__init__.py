@@ -25,6 +25,7 @@ from __future__ import annotations
 from sg3archive.images.decode import ACCEPTED_FORMATS, STRIP_PIXELS, DecodedImage, decode_image
 from sg3archive.images.errors import FitRecordError, ImageRejected
 from sg3archive.images.fit import (
+    DEFAULT_FIT,
     FIT_INFO_VERSION,
     FIT_INFO_VERSIONS,
     FIT_MODES,
@@ -57,7 +58,7 @@ from sg3archive.images.tensors import from_tensor, make_grid, to_pil, to_tensor,
 from sg3archive.images.thumbs import THUMB_BYTES, THUMB_SHAPE, thumbnail
 
 __all__ = [
-    "ACCEPTED_FORMATS", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "FIT_INFO_VERSION", "FIT_INFO_VERSIONS", "FIT_MODES",
+    "ACCEPTED_FORMATS", "DEFAULT_FIT", "DEFAULT_MAX_BYTES", "DEFAULT_MAX_PIXELS", "FIT_INFO_VERSION", "FIT_INFO_VERSIONS", "FIT_MODES",
     "IMAGE_SUFFIXES", "MAX_FIT_RESOLUTION", "PAD_FIT_INFO_VERSION", "STRIP_PIXELS", "THUMB_BYTES", "THUMB_SHAPE",
     "URI_LIST_SUFFIXES", "DecodedImage", "FitInfo", "FitMode", "FitRecordError", "FittedImage", "ImageRejected",
     "check_fit_record", "decode_image", "file_kind", "filesystem_for", "fit_record_pixel_limit", "fit_to_square",

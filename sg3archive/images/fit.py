@@ -31,6 +31,7 @@ from sg3archive.images.resample import resample_into, resize
 from sg3archive.images.rgb import check_rgb
 
 FitMode = Literal["crop", "pad", "stretch"]  # how an image is mapped to the square
+DEFAULT_FIT: FitMode = "crop"  # what compress does unless told otherwise
 FIT_MODES: tuple[FitMode, ...] = get_args(FitMode)
 FIT_INFO_VERSION = 1  # crop, stretch, and pad whose padded square fits in max_pixels
 PAD_FIT_INFO_VERSION = 2  # pad at the generator's resolution: box = the whole image
@@ -177,7 +178,7 @@ def pad_placement(width: int, height: int, resolution: int) -> tuple[int, int, i
 
 
 def fit_to_square(
-    rgb: np.ndarray, resolution: int, mode: str = "crop", *, max_pixels: int = DEFAULT_MAX_PIXELS
+    rgb: np.ndarray, resolution: int, mode: str = DEFAULT_FIT, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> tuple[np.ndarray, FitInfo]:
     """Map an image to the generator's ``[R, R, 3]`` input (rules in the module docstring).
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from sg3archive.images.decode import decode_image
 from sg3archive.images.errors import ImageRejected
-from sg3archive.images.fit import FitInfo, FitMode, fit_to_square
+from sg3archive.images.fit import DEFAULT_FIT, FitInfo, FitMode, fit_to_square
 from sg3archive.images.limits import DEFAULT_MAX_PIXELS
 from sg3archive.images.tensors import to_tensor
 
@@ -38,7 +38,7 @@ class FittedImage:
                 "fit": self.fit.to_json()}
 
 
-def load_fitted(data: bytes, resolution: int, fit: FitMode | str = "crop", *, max_pixels: int = DEFAULT_MAX_PIXELS,
+def load_fitted(data: bytes, resolution: int, fit: FitMode | str = DEFAULT_FIT, *, max_pixels: int = DEFAULT_MAX_PIXELS,
                 uri: str = "") -> FittedImage:
     """Decode ``data`` and fit it to a ``resolution`` square by ``fit`` (crop, pad or stretch).
 

@@ -15,6 +15,8 @@ Modules, each named for what it does:
 * :mod:`~sg3archive.pipeline.inspect`: counts, shards and rows of an archive.
 
 The names below are the public ones (the flows import only these); they are resolved on first use.
+``compress_images`` and ``restore_images`` are ``compress.compress`` and ``restore.restore``: here the
+names ``compress`` and ``restore`` are the modules themselves.
 """
 
 from __future__ import annotations
@@ -26,23 +28,23 @@ from sg3archive.lazy import lazy_exports
 __all__ = [
     "JOB_VERSION", "ArchiveSession", "AuditJob", "InspectReport", "AuditThresholds", "BadRow", "CompressJob", "CompressReport",
     "JobError", "RestoreIncompleteError", "RestoreJob", "RestorePlan", "RestoreReport", "ShardPlan", "ShardReport",
-    "compress", "compress_shard", "incomplete_cause", "incomplete_text", "inspect_archive", "load_job", "make_job",
-    "inspect_report", "new_run_id", "not_restored_text", "plan_restore", "plan_shards", "prepare", "remove_plans", "restore",
+    "compress_images", "compress_shard", "incomplete_cause", "incomplete_text", "inspect_archive", "load_job", "make_job",
+    "inspect_report", "new_run_id", "not_restored_text", "plan_restore", "plan_shards", "prepare", "remove_plans", "restore_images",
 ]
 _EXPORTS = {
     **dict.fromkeys(["JOB_VERSION", "AuditJob", "AuditThresholds", "CompressJob", "JobError", "RestoreJob",
                      "load_job", "make_job"], ".jobs"),
     "ArchiveSession": ".session",
-    **dict.fromkeys(["CompressReport", "ShardReport", "compress", "compress_shard", "prepare"], ".compress"),
+    **dict.fromkeys(["CompressReport", "ShardReport", "compress_images", "compress_shard", "prepare"], ".compress"),
     **dict.fromkeys(["ShardPlan", "new_run_id", "plan_shards", "remove_plans"], ".plans"),
     **dict.fromkeys(["BadRow", "RestoreIncompleteError", "RestorePlan", "RestoreReport", "incomplete_cause",
-                     "incomplete_text", "not_restored_text", "plan_restore", "restore"], ".restore"),
+                     "incomplete_text", "not_restored_text", "plan_restore", "restore_images"], ".restore"),
     **dict.fromkeys(["InspectReport", "inspect_archive", "inspect_report"], ".inspect"),
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
-    from sg3archive.pipeline.compress import CompressReport, ShardReport, compress, compress_shard, prepare
+    from sg3archive.pipeline.compress import CompressReport, ShardReport, compress_images, compress_shard, prepare
     from sg3archive.pipeline.inspect import InspectReport, inspect_archive, inspect_report
     from sg3archive.pipeline.jobs import (
         JOB_VERSION,
@@ -64,6 +66,6 @@ if TYPE_CHECKING:
         incomplete_text,
         not_restored_text,
         plan_restore,
-        restore,
+        restore_images,
     )
     from sg3archive.pipeline.session import ArchiveSession

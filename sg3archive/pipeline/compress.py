@@ -67,7 +67,7 @@ from sg3archive.store.manifest import ARCHIVE_FILE
 __all__ = [
     "MAPPING_CALIBRATION", "PLANS_DIR", "PLAN_SUFFIX", "CompressReport", "LpipsWeightsMissingError",
     "NothingToArchiveError", "PlanEntry", "ShardPlan", "ShardReport", "ShardResult", "Summary", "calibration_ws",
-    "check_job_paths", "committed_exact_keys", "compress", "compress_shard", "parse_plan", "parse_plan_entries",
+    "check_job_paths", "committed_exact_keys", "compress", "compress_images", "compress_shard", "parse_plan", "parse_plan_entries",
     "plan_shards", "plan_text", "prepare", "recon_thumbnail", "remove_plans", "settings_key", "written_before",
 ]
 
@@ -538,3 +538,8 @@ def compress(job: CompressJob, progress: bool = True) -> CompressReport:
             results.append(compress_shard(job, plan, tick=bar.update))
     remove_plans(job, run_id)
     return CompressReport.of(job.destination, results, time.perf_counter() - started)
+
+
+# ``compress`` under a name that does not clash with this module's where ``sg3archive.pipeline``
+# exports it (a package attribute ``compress`` is this module).
+compress_images = compress

@@ -23,12 +23,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sg3archive import __version__
 from sg3archive.audit.thresholds import Thresholds
 from sg3archive.codec.names import AUTO_PROFILE, DEFAULT_CODER, DEFAULT_PROFILE, PROFILE_NAMES, CoderName, check_profile
+from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.images import FitMode
+from sg3archive.images import DEFAULT_FIT, DEFAULT_MAX_PIXELS, FitMode
 
 # The newest job version this code reads; a manifest without `version` is version 1.
 JOB_VERSION = 1
-DEFAULT_FIT: FitMode = "crop"
 
 
 class JobError(Sg3ArchiveError):
@@ -90,10 +90,10 @@ class CompressJob(_Spec):
     fit: FitMode = Field(default=DEFAULT_FIT, description="how images are fitted to the generator's square")
     shard_size: int = Field(default=256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")
     batch_size: int = Field(default=16, ge=1, le=4096, description="images per model batch")
-    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    device: str = Field(default="auto", description=DEVICE_HELP)
     refine_steps: int = Field(default=0, ge=0, le=10_000, description="encode-time latent refinement steps (0 = off)")
     calibration_images: int = Field(default=256, ge=0, description="collection images encoded to fit the codec model")
-    max_pixels: int = Field(default=64_000_000, ge=1, description="larger images are rejected (decompression bombs)")
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are rejected (decompression bombs)")
     lpips: bool = Field(default=False, description="also measure LPIPS of each image at compress time and record it in "
                                                    "its row (needs the LPIPS weights)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the destination")
@@ -132,7 +132,7 @@ class RestoreJob(_Spec):
     network: str | None = Field(default=None, description="generator file/directory; default: the one the archive records")
     encoder: str | None = Field(default=None, description="encoder directory; default: the bundled encoder")
     batch_size: int = Field(default=16, ge=1, le=4096, description="images per model batch")
-    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    device: str = Field(default="auto", description=DEVICE_HELP)
     overwrite: bool = Field(default=False, description="rewrite outputs that already exist (default: skip them, resumable)")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the archive")
     destination_storage_options: dict[str, Any] = Field(
@@ -162,7 +162,7 @@ class AuditJob(_Spec):
     network: str | None = Field(default=None, description="generator file/directory; default: the bundled network")
     encoder: str | None = Field(default=None, description="encoder directory; default: the bundled encoder")
     report: str | None = Field(default=None, description="write the HTML report here")
-    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    device: str = Field(default="auto", description=DEVICE_HELP)
     lpips: bool = Field(default=True, description="measure LPIPS when its weights are provisioned")
     thresholds: Thresholds = Field(default_factory=Thresholds, description="when the audit fails")
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the archive")
@@ -185,7 +185,9 @@ FLAG_NAMES = {"truncation_psi": "--trunc", "truncation_cutoff": "--trunc-cutoff"
 
 def field_label(field: str, manifest: str | Path | None = None) -> str:
     """``--shard-size`` / ``DEST`` for a field, plus ``(shard_size: in m.yaml)`` with a manifest."""
-    top = field.split(".")[0]
+    parts = field.split(".")
+    # A threshold's flag is its own name (--thumb-tolerance), not its group's (there is no --thresholds).
+    top = parts[1] if parts[0] == "thresholds" and len(parts) > 1 else parts[0]
     label = ARGUMENT_NAMES.get(top) or FLAG_NAMES.get(top) or "--" + top.replace("_", "-")
     return f"{label} ({field}: in {manifest})" if manifest else label
 

@@ -1,18 +1,7 @@
 """ArchiveStore: an archive of image latents on any fsspec URL (local path, file://, s3://, memory://).
 
-Layout under the archive root (docs/FORMAT.md)::
-
-    archive.json                     archive-level settings, written once at creation
-    _manifest/<generation>.json      immutable manifest generations; the latest readable one is the truth
-    shards/<kind>-<name>.parquet     immutable Parquet shards, invisible until a generation lists them
-                                     (``<kind>-<uuid4hex>``, or a name the writer gives: compress
-                                     names its shards after the plan, ``<kind>-<run>-<index>``)
-    codec/<sha256>/                  the latent codec model, content-addressed; archive.json names it
-                                     (archives written before: codec/ itself)
-    _plans/<run>/                    a compress run's plan files (:meth:`ArchiveStore.plans_folder`)
-    _audit/                          audit history records (:meth:`ArchiveStore.audit_folder`)
-
-The names live in sg3archive.store.layout.
+What lives under the archive root, and who writes, reads and removes it, is listed once: in
+:mod:`sg3archive.store.layout` (names) and docs/FORMAT.md (fields).
 
 Writers call :meth:`ArchiveStore.write_shard` for each table, then :meth:`ArchiveStore.commit` once
 for the records; readers only ever see committed shards.

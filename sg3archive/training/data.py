@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from sg3archive.atomic import replacing
-from sg3archive.images import DEFAULT_MAX_PIXELS, from_tensor, iter_sources, load_fitted, read_bytes
+from sg3archive.images import DEFAULT_FIT, DEFAULT_MAX_PIXELS, from_tensor, iter_sources, load_fitted, read_bytes
 from sg3archive.networks.generator import Generator
 
 
@@ -119,7 +119,7 @@ def image_to_tensor(data: bytes, resolution: int, channels: int = 3, *,
     Raises:
         ImageRejected: the bytes are not an image compress would accept.
     """
-    x = load_fitted(data, resolution, "crop", max_pixels=max_pixels).tensor
+    x = load_fitted(data, resolution, DEFAULT_FIT, max_pixels=max_pixels).tensor
     if channels == 1:
         gray = np.asarray(Image.fromarray(from_tensor(x)).convert("L"), dtype=np.float32)
         return torch.from_numpy(gray)[None] / 127.5 - 1

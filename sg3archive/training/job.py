@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from sg3archive.devices import DEVICE_HELP
 from sg3archive.metrics.lpips_weights import LpipsNet
 from sg3archive.networks.encoder import DEFAULT_ENCODER_KIND, ENCODER_KINDS, EncoderKind
 from sg3archive.pipeline.jobs import JobError, _Spec, describe_errors
@@ -39,7 +40,7 @@ class TrainJob(_Spec):
     out_dir: str | None = Field(default=None, description="run directory: checkpoint/, metrics.jsonl, samples/; an existing "
                                                           "run there is resumed (required to train)")
     export_dir: str | None = Field(default=None, description="also write the final encoder to this directory")
-    device: str = Field(default="auto", description="where the models run: cpu, cuda, cuda:N or auto")
+    device: str = Field(default="auto", description=DEVICE_HELP)
     resume: bool = Field(default=True, description="continue the run in out_dir from its checkpoint")
     init_encoder: str | None = Field(default=None, description="start from this exported encoder (fine-tuning) instead of "
                                                                "a fresh one")

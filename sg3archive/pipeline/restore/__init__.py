@@ -41,7 +41,7 @@ from sg3archive.pipeline.restore.report import (
     not_restored_text,
     shard_refused,
 )
-from sg3archive.pipeline.restore.run import COLUMNS, restore
+from sg3archive.pipeline.restore.run import COLUMNS, restore, restore_images
 from sg3archive.pipeline.restore.selection import NAME_COLUMNS, SHARD_REFUSED, RestorePlan, plan_restore
 from sg3archive.pipeline.restore.sources import Sources, _Sources
 from sg3archive.pipeline.restore.targets import LocalTargets, RemoteTargets, _LocalTargets, _RemoteTargets
@@ -51,6 +51,6 @@ __all__ = [
     "COLUMNS", "FORMAT_MAX_SIDE", "NAME_COLUMNS", "PIL_FORMAT", "SHARD_REFUSED", "SUFFIX", "BadRow", "LocalTargets",
     "Names", "RemoteTargets", "RestoreIncompleteError", "RestorePlan", "RestoreReport", "RestoreSummary",
     "RowNotWritableError", "Sources", "encode_image", "incomplete_cause", "incomplete_text", "not_restored_text",
-    "output_name", "plan_restore", "printable", "restore", "shard_refused", "to_restored_image", "unfit",
+    "output_name", "plan_restore", "printable", "restore", "restore_images", "shard_refused", "to_restored_image", "unfit",
     "_LocalTargets", "_Names", "_RemoteTargets", "_Sources", "_encode_image",
 ]

@@ -292,3 +292,8 @@ class _Run:
         what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc) or type(exc).__name__
         what = what[:1].lower() + what[1:]
         self.tally.not_restored(row.id, row.name, f"cannot write {row.relative!r} in DEST: {what}", unwritable=True)
+
+
+# The same function under a name that does not clash with this package's own name where
+# ``sg3archive.pipeline`` exports it (a package attribute ``restore`` is the subpackage).
+restore_images = restore
