@@ -14,7 +14,8 @@ from prefect import flow, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from sg3archive.audit import Thresholds, audit_job, report_link, summary_markdown
-from sg3archive.pipeline import AuditJob, load_job, make_job
+from sg3archive.pipeline import AuditJob, make_job
+from sg3archive.pipeline import resolve_job as resolve_job_of
 
 
 class AuditFailed(Exception):
@@ -32,11 +33,8 @@ def resolve_job(job: AuditJob | None, manifest: str | None, values: dict[str, An
     """The job a flow run audits: the ``manifest`` (its fields replaced by those ``job`` sets,
     then by ``values``), else ``job`` with ``values`` over it, else ``values`` with
     ``sample_size`` and ``device`` (which apply only then, as before jobs were typed)."""
-    if manifest:
-        given = job.model_dump(exclude_unset=True) if job is not None else {}
-        return load_job(manifest, AuditJob, **dict(given, **values))
-    if job is not None:
-        return make_job(AuditJob, dict(job.model_dump(), **values))
+    if manifest or job is not None:
+        return resolve_job_of(AuditJob, job, manifest, values, caller="audit_flow")
     return make_job(AuditJob, dict(values, sample_size=sample_size, device=device))
 
 

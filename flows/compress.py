@@ -24,29 +24,20 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sg3archive.pipeline import (
     CompressJob,
     CompressReport,
-    JobError,
     ShardPlan,
     ShardReport,
     compress_shard,
-    load_job,
-    make_job,
     new_run_id,
     plan_shards,
     prepare,
     remove_plans,
+    resolve_job,
 )
 
 
 def compress_job(job: CompressJob | None, manifest: str | None, overrides: dict[str, Any] | None) -> CompressJob:
-    """The job a run does: ``job``, or the YAML ``manifest`` with ``job``'s explicitly set fields
-    over it; then ``overrides`` (CompressJob fields) over either."""
-    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if manifest:
-        given = job.model_dump(exclude_unset=True) if job is not None else {}
-        return load_job(manifest, CompressJob, **{**given, **extra})
-    if job is None:
-        raise JobError("compress_flow needs a job (CompressJob fields: source, destination, ...) or a manifest")
-    return make_job(CompressJob, {**job.model_dump(), **extra}) if extra else job
+    """The job a run does (:func:`sg3archive.pipeline.resolve_job`)."""
+    return resolve_job(CompressJob, job, manifest, overrides, caller="compress_flow")
 
 
 @task(name="prepare-archive")

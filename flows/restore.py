@@ -21,17 +21,15 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from sg3archive import printable
 from sg3archive.pipeline import (
     BadRow,
-    JobError,
     RestoreIncompleteError,
     RestoreJob,
     RestorePlan,
     RestoreReport,
     incomplete_cause,
     incomplete_text,
-    load_job,
-    make_job,
     not_restored_text,
     plan_restore,
+    resolve_job,
     restore_images,
 )
 
@@ -60,15 +58,8 @@ def _report(text: str, bad: list[BadRow], warnings: list[str]) -> str:
 
 
 def restore_job(job: RestoreJob | None, manifest: str | None, overrides: dict[str, Any] | None) -> RestoreJob:
-    """The job a run does: ``job``, or the YAML ``manifest`` with ``job``'s explicitly set fields
-    over it; then ``overrides`` (RestoreJob fields) over either."""
-    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if manifest:
-        given = job.model_dump(exclude_unset=True) if job is not None else {}
-        return load_job(manifest, RestoreJob, **{**given, **extra})
-    if job is None:
-        raise JobError("restore_flow needs a job (RestoreJob fields: archive, destination, ...) or a manifest")
-    return make_job(RestoreJob, {**job.model_dump(), **extra}) if extra else job
+    """The job a run does (:func:`sg3archive.pipeline.resolve_job`)."""
+    return resolve_job(RestoreJob, job, manifest, overrides, caller="restore_flow")
 
 
 @flow(name="restore", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=1))  # type: ignore[arg-type]

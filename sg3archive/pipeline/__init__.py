@@ -26,14 +26,15 @@ from typing import TYPE_CHECKING
 from sg3archive.lazy import lazy_exports
 
 __all__ = [
-    "JOB_VERSION", "ArchiveSession", "AuditJob", "InspectReport", "AuditThresholds", "BadRow", "CompressJob", "CompressReport",
-    "JobError", "RestoreIncompleteError", "RestoreJob", "RestorePlan", "RestoreReport", "ShardPlan", "ShardReport",
-    "compress_images", "compress_shard", "incomplete_cause", "incomplete_text", "inspect_archive", "load_job", "make_job",
-    "inspect_report", "new_run_id", "not_restored_text", "plan_restore", "plan_shards", "prepare", "remove_plans", "restore_images",
+    "ArchiveSession", "AuditJob", "AuditThresholds", "BadRow", "CompressJob", "CompressReport", "InspectReport",
+    "JOB_VERSION", "JobError", "RestoreIncompleteError", "RestoreJob", "RestorePlan", "RestoreReport", "ShardPlan",
+    "ShardReport", "compress_images", "compress_shard", "incomplete_cause", "incomplete_text", "inspect_archive",
+    "inspect_report", "load_job", "make_job", "new_run_id", "not_restored_text", "plan_restore", "plan_shards",
+    "prepare", "remove_plans", "resolve_job", "restore_images",
 ]
 _EXPORTS = {
     **dict.fromkeys(["JOB_VERSION", "AuditJob", "AuditThresholds", "CompressJob", "JobError", "RestoreJob",
-                     "load_job", "make_job"], ".jobs"),
+                     "load_job", "make_job", "resolve_job"], ".jobs"),
     "ArchiveSession": ".session",
     **dict.fromkeys(["CompressReport", "ShardReport", "compress_images", "compress_shard", "prepare"], ".compress"),
     **dict.fromkeys(["ShardPlan", "new_run_id", "plan_shards", "remove_plans"], ".plans"),
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
         RestoreJob,
         load_job,
         make_job,
+        resolve_job,
     )
     from sg3archive.pipeline.plans import ShardPlan, new_run_id, plan_shards, remove_plans
     from sg3archive.pipeline.restore import (

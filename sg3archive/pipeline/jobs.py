@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import fsspec
 import yaml
@@ -44,6 +44,9 @@ def version_problem(version: object, where: str = "this job") -> str | None:
         return (f"{where} is job version {version}; this sg3archive {__version__} reads versions up to {JOB_VERSION}: "
                 "upgrade sg3archive (pip install -U sg3archive)")
     return f"{where} has version {version!r}; job versions are whole numbers from 1 (omit it for version 1)"
+
+
+_J = TypeVar("_J", bound=BaseModel)
 
 
 class _Spec(BaseModel):
@@ -284,3 +287,18 @@ def read_manifest(url: str | Path) -> dict[str, Any]:
         raise JobError(f"job manifest {url}: {', '.join(odd[:3])} is not a setting name; keys are names such as "
                        "destination or shard_size")
     return doc
+
+
+def resolve_job(kind: type[_J], job: _J | None = None, manifest: str | Path | None = None,
+                overrides: dict[str, Any] | None = None, *, caller: str = "this flow") -> _J:
+    """The job a flow run does: the YAML ``manifest`` with the fields ``job`` sets explicitly laid
+    over it, or ``job`` itself; then ``overrides`` (fields of ``kind``; None values ignored) over
+    either. Raises :class:`JobError` when neither a job nor a manifest is given."""
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if manifest:
+        given = job.model_dump(exclude_unset=True) if job is not None else {}
+        return cast(_J, load_job(manifest, kind, **{**given, **extra}))
+    if job is None:
+        fields = ", ".join(n for n, f in kind.model_fields.items() if f.is_required()) or "its fields"
+        raise JobError(f"{caller} needs a job ({kind.__name__} fields: {fields}, ...) or a manifest")
+    return cast(_J, make_job(kind, {**job.model_dump(), **extra})) if extra else job
