@@ -42,8 +42,9 @@ must skip all 256 sources; the new per-task cost at 10,000 shards must be within
     python benchmarks/planning.py                      # default: about 1-2 min on 2 cores, plus resume:
                                                        # about 3-4 min (building 10,000 shards dominates)
 
-Measured (2 busy cores, /dev/shm): per-task resume at 1,000 / 10,000 committed shards: old 4.27 /
-15.16 s (3.55x), new 0.0011 / 0.0012 s (1.08x); planning once per run 3.9 / 19.3 s.
+Measured (2 cores, /dev/shm, idle machine): per-task resume at 1,000 / 10,000 committed shards: old
+4.29 / 40.2 s (9.36x), new 0.0031 / 0.0030 s (0.97x); planning once per run 4.4 / 39.1 s (earlier, on
+2 busy cores: old 3.55x, new 1.08x).
     python benchmarks/planning.py --sizes "" --shards 0              # the resume test alone
     python benchmarks/planning.py --sizes 10000,100000 --shards 200 --resume-shards 100,1000
 """
