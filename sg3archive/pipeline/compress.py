@@ -31,7 +31,6 @@ from typing import Any
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
@@ -49,6 +48,7 @@ from sg3archive.pipeline.plans import (
     PlanEntry,
     ShardPlan,
     committed_exact_keys,
+    done_by_uri,
     new_run_id,
     parse_plan,
     parse_plan_entries,
@@ -252,8 +252,8 @@ def prepare(job: CompressJob) -> dict[str, Any]:
         assert session.models is not None
         _check_profile(job, session.codec)
         # Refuses the archive when its other settings (fit, refine steps, ...) differ.
-        settings = _settings(job, session.models, session.codec)
-        return ArchiveStore.create(job.destination, settings, job.storage_options).settings
+        session.store.check_settings(_settings(job, session.models, session.codec))
+        return session.settings
     models = cache.models(job.network, job.encoder, job.device)
     codec = fit_codec(job, models)
     # The store writes the codec content-addressed; when another run created the archive first,
@@ -272,17 +272,11 @@ Done = dict[str, dict[tuple[str | None, str], set[str]]]  # uri -> (sha256, sett
 def skip_set(entries: list[PlanEntry], store: ArchiveStore) -> Done:
     """What the archive held for this plan's URIs, from the plan itself; for plans of earlier
     versions (no committed entries in them) the archive's keys are read, as those versions did."""
+    archived = done_by_uri(committed_exact_keys(store)) if any(e.done is None for e in entries) else {}
     done: Done = {}
     for entry in entries:
-        if entry.done is not None:
-            for sha, key, kind in entry.done:
-                done.setdefault(entry.uri, {}).setdefault((sha, key), set()).add(kind)
-    if any(entry.done is None for entry in entries):
-        wanted = {entry.uri for entry in entries if entry.done is None}
-        for kind, keys in committed_exact_keys(store).items():
-            for uri, sha, key in keys:
-                if uri in wanted:
-                    done.setdefault(uri, {}).setdefault((sha, key), set()).add(kind)
+        for sha, key, kind in entry.done if entry.done is not None else archived.get(entry.uri, ()):
+            done.setdefault(entry.uri, {}).setdefault((sha, key), set()).add(kind)
     return done
 
 
@@ -466,11 +460,10 @@ def written_before(store: ArchiveStore, plan: ShardPlan) -> ShardReport | None:
     store.commit(list(records.values()))
     images, failures = records.get("images"), records.get("failures")
     payload_bytes = source_bytes = 0
-    if images is not None and images.rows:
-        with store.fs.open(store.shard_path(images.name), "rb") as f:
-            table = pq.read_table(f, columns=["payload", "source_size"])
-        payload_bytes = int(pc.sum(pc.binary_length(table.column("payload"))).as_py() or 0)
-        source_bytes = int(pc.sum(table.column("source_size")).as_py() or 0)
+    if images is not None and images.rows:  # read like any committed shard: the store's bounded reader
+        for batch in store.iter_batches("images", columns=["payload", "source_size"], shard_names=[images.name]):
+            payload_bytes += int(pc.sum(pc.binary_length(batch.column("payload"))).as_py() or 0)
+            source_bytes += int(pc.sum(batch.column("source_size")).as_py() or 0)
     return ShardReport(plan.index, shard=images.name if images else None, images=images.rows if images else 0,
                        failures=failures.rows if failures else 0, payload_bytes=payload_bytes,
                        source_bytes=source_bytes, failure_shard=failures.name if failures else None)

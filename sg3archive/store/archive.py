@@ -23,8 +23,8 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -121,6 +121,9 @@ def check_shard_name(name: str, kind: str) -> str:
             or not name.endswith(".parquet") or not stem):
         raise ValueError(f"shard name {name!r} is not a plain file name of the form {kind}-<name>.parquet")
     return name
+
+
+_K = TypeVar("_K")  # a committed row's key, as one of the readings of _keys_by_kind returns it
 
 
 def _plain_json(value: Any, what: str) -> Any:
@@ -233,12 +236,21 @@ class ArchiveStore:
                 if made:
                     cls._remove_codec(fs, root, ours)
             ignored = CODEC_SETTINGS
-        differing = [k for k in _differing_keys(store.settings, settings) if k.split(".", 1)[0] not in ignored]
+        store.check_settings(settings, ignored)
+        return store
+
+    def check_settings(self, settings: dict[str, Any], ignored: tuple[str, ...] = ()) -> None:
+        """Refuse ``settings`` unless they are this archive's (top-level keys in ``ignored`` aside).
+
+        Raises:
+            ArchiveMismatchError: naming every key that differs.
+        """
+        wanted = _plain_json(settings, "archive settings")
+        differing = [k for k in _differing_keys(self.settings, wanted) if k.split(".", 1)[0] not in ignored]
         if differing:
             raise ArchiveMismatchError(
-                f"an archive already exists at {url} with different settings: {', '.join(differing)}; "
+                f"an archive already exists at {self.url} with different settings: {', '.join(differing)}; "
                 "use a new URL, or the settings it was created with to resume it")
-        return store
 
     @staticmethod
     def _present_codec(fs: fsspec.AbstractFileSystem, root: str, settings: dict[str, Any]) -> str | None:
@@ -626,24 +638,21 @@ class ArchiveStore:
 
     def committed_keys_by_kind(self) -> dict[str, set[tuple[str, str | None, str]]]:
         """:meth:`committed_keys`, kept apart by table kind (``images``, ``failures``)."""
-        manifest = self.manifest()
-        keys: dict[str, set[tuple[str, str | None, str]]] = {kind: set() for kind in KINDS}
-        for kind in KINDS:
-            if not manifest.shards_of(kind):
-                continue
-            table = self._dataset(kind, manifest=manifest).to_table(columns=list(KEY_COLUMNS))
-            keys[kind].update(zip(*(table.column(c).to_pylist() for c in KEY_COLUMNS)))
-        return keys
+        return self._keys_by_kind(KEY_COLUMNS, lambda t: set(zip(*(t.column(c).to_pylist() for c in KEY_COLUMNS))))
 
     def committed_exact_keys(self) -> dict[str, set[ExactKey]]:
         """``(exact source_uri, source_sha256, settings_key)`` of every committed row, by table
         kind, read in one pass (one manifest, only :data:`EXACT_KEY_COLUMNS`): what a compress run
         plans with. Names that are not UTF-8 compare exactly (``format.exact_keys``)."""
+        return self._keys_by_kind(EXACT_KEY_COLUMNS, exact_keys)
+
+    def _keys_by_kind(self, columns: Sequence[str], keys_of: Callable[[pa.Table], set[_K]]) -> dict[str, set[_K]]:
+        """``keys_of`` the ``columns`` of every committed row, by table kind (one manifest read)."""
         manifest = self.manifest()
-        keys: dict[str, set[ExactKey]] = {kind: set() for kind in KINDS}
+        keys: dict[str, set[_K]] = {kind: set() for kind in KINDS}
         for kind in KINDS:
             if manifest.shards_of(kind):
-                keys[kind] = exact_keys(self._dataset(kind, manifest=manifest).to_table(columns=list(EXACT_KEY_COLUMNS)))
+                keys[kind] = keys_of(self._dataset(kind, manifest=manifest).to_table(columns=list(columns)))
         return keys
 
     # -- checking --------------------------------------------------------------------------------
