@@ -26,6 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
+from small_archives import THREE_SOURCES, archive_rows, three_image_archive
 
 from sg3archive.cli import main as cli
 from sg3archive.codec import LatentCodec, PayloadError, bitstream
@@ -38,27 +39,14 @@ from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.manifest import CODEC_DIR
 
-SOURCES = {"a.png": (64, 48), "b.jpg": (48, 64), "c.png": (64, 64)}
+SOURCES = THREE_SOURCES
+_rows = archive_rows
 
 
 @pytest.fixture(scope="module")
 def archived(tmp_path_factory, one_thread) -> tuple[Path, Path]:
     """``(src, archive)``: three real images and their archive (3 rows, one shard)."""
-    root = tmp_path_factory.mktemp("safety")
-    src = root / "src"
-    src.mkdir()
-    rng = np.random.RandomState(0)
-    for name, (width, height) in SOURCES.items():
-        Image.fromarray(rng.randint(0, 255, (height, width, 3), dtype=np.uint8)).save(src / name)
-    dest = root / "archive"
-    summary = compress(CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=3,
-                                   batch_size=8), progress=False)
-    assert summary.images == len(SOURCES) and summary.failures == 0
-    return src, dest
-
-
-def _rows(archive: Path) -> list[dict]:
-    return ArchiveStore.open(str(archive)).read_table("images").to_pylist()
+    return three_image_archive(tmp_path_factory.mktemp("safety"), seed=0)
 
 
 def _variant(archive: Path, out: Path, edit: Callable[[list[dict]], list[dict]]) -> Path:
