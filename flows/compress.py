@@ -77,10 +77,19 @@ def compress_shards_flow(job: CompressJob) -> dict[str, Any]:
     remove_plans_task(job, run_id)  # the run completed (failed sources included): its plans go
     summary = CompressReport.of(job.destination, results, time.perf_counter() - started)
     d = summary.to_dict()
-    create_table_artifact(key="compress-summary", table=[{k: d[k] for k in (
+    q = d["quality"]
+    create_table_artifact(key="compress-summary", table=[{**{k: d[k] for k in (
         "archive", "shards", "images", "failures", "skipped", "payload_bytes", "source_bytes", "ratio",
-        "images_per_s")}], description="compress run summary")
-    create_markdown_artifact(key="compress-report", markdown=f"# Compress\n\n{summary.text()}\n")
+        "images_per_s")}, "bytes_per_image": q["bytes_per_image"],
+        "psnr_mean_original_size": q["fidelity"]["psnr_mean"], "psnr_worst_original_size": q["fidelity"]["psnr_worst"],
+        "ms_ssim_mean_original_size": q["fidelity"]["ms_ssim_mean"],
+        "ms_ssim_worst_original_size": q["fidelity"]["ms_ssim_worst"],
+        "representations": ", ".join(f"{k} {v['images']} ({v['bytes']} B)" for k, v in q["representations"].items()),
+        "below_contract": q["below_contract"], "x_smaller_than_avif": q["avif_baseline"]["ratio"]}],
+        description="compress run summary (fidelity restored vs original at the original size)")
+    first, *quality = summary.text().split("\n")
+    create_markdown_artifact(key="compress-report", markdown="# Compress\n\n" + first + "\n\n"
+                             + "".join(f"- {line.strip()}\n" for line in quality))
     print(summary.text())
     return d
 

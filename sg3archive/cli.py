@@ -23,6 +23,7 @@ from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics.lpips_weights import LPIPS_NETS
 from sg3archive.pipeline.jobs import AuditJob, CompressJob, RestoreJob
+from sg3archive.quality.contract import CONTRACTS, DEFAULT_CONTRACT, REPRESENTATIONS, QualityContract, contract_of
 from sg3archive.training.job import TrainJob
 
 
@@ -390,9 +391,25 @@ def _ids(text: str) -> list[str]:
     return [i.strip() for i in text.split(",") if i.strip()]
 
 
+def _names(text: str) -> list[str]:
+    return [n.strip() for n in text.split(",") if n.strip()]
+
+
 COMPRESS_FIELDS = ["pattern", "network", "encoder", "profile", "target_bytes", "coder", "fit", "shard_size",
-                   "batch_size", "device", "refine_steps", "calibration_images", "max_pixels", "lpips"]
-COMPRESS_FLAGS = {"profile": Flag(type=click.STRING, convert=_profile)}
+                   "batch_size", "device", "refine_steps", "calibration_images", "max_pixels", "lpips", "quality",
+                   "representations", "escalation_steps", "escalation_budget", "baseline_images"]
+COMPRESS_FLAGS = {
+    "profile": Flag(type=click.STRING, convert=_profile),
+    "quality": Flag(type=click.STRING, help=(
+        f"the named quality contract every image must meet at its original size: {', '.join(CONTRACTS)} "
+        f"[default: {DEFAULT_CONTRACT}]; floors given with the flags below replace it (or, with --quality, "
+        "adjust it)"), show_default=False),
+    "representations": Flag(type=click.STRING, convert=_names, help=(
+        f"comma-separated representations an image may be stored as ({','.join(REPRESENTATIONS)}; default: all); "
+        "e.g. latent for research use")),
+}
+# The contract's floors: flags of their own (--min-psnr ...), laid over --quality or the manifest's quality.
+CONTRACT_FIELDS = ["min_psnr", "min_ms_ssim", "max_lpips", "lossless"]
 
 
 @main.command()
@@ -400,6 +417,7 @@ COMPRESS_FLAGS = {"profile": Flag(type=click.STRING, convert=_profile)}
 @click.argument("dest", required=False)
 @click.option("--manifest", "manifest", default=None, help="A job manifest (YAML, see manifests/); flags override it.")
 @job_options(CompressJob, COMPRESS_FIELDS, flags=COMPRESS_FLAGS)
+@job_options(QualityContract, CONTRACT_FIELDS)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def compress(src: str | None, dest: str | None, manifest: str | None, as_json: bool, **fields: Any) -> None:
     """Compress the images under SRC (folder, bucket prefix, URI list) into the archive DEST.
@@ -410,6 +428,17 @@ def compress(src: str | None, dest: str | None, manifest: str | None, as_json: b
     from sg3archive.pipeline.compress import compress as run
 
     values = dict(source=src, destination=dest, **given_values(fields, COMPRESS_FIELDS, flags=COMPRESS_FLAGS))
+    floors = given_values(fields, CONTRACT_FIELDS)
+    if floors:  # a named contract adjusted (--quality NAME), the manifest's, or floors of their own
+        from sg3archive.pipeline.jobs import read_manifest
+
+        given = values.get("quality") or (read_manifest(manifest).get("quality") if manifest else None)
+        try:
+            base = contract_of(given) if given is not None else {}
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--quality") from None
+        base = base.model_dump() if isinstance(base, QualityContract) else dict(base) if isinstance(base, dict) else {}
+        values["quality"] = {**base, **floors, "name": values.get("quality") or "custom"}
     job = _job_or_flags(CompressJob, manifest, values)
     try:
         summary = run(job, progress=not as_json)
@@ -477,7 +506,7 @@ def restore(archive: str | None, dest: str | None, manifest: str | None, **field
 def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
     """Counts, sizes, bit allocation, fingerprints and every failure of ARCHIVE (or, with --rows
     or --shards, its images or shards)."""
-    from sg3archive.pipeline.inspect import inspect_report, iter_rows, list_shards
+    from sg3archive.pipeline.inspect import ROWS_HEADER, inspect_report, iter_rows, list_shards, row_line
     from sg3archive.text import printable
 
     def warn(problems: list[str]) -> None:  # each once, on stderr, before the listing
@@ -504,33 +533,17 @@ def inspect(archive: str, rows: bool, shards: bool, as_json: bool) -> None:
             found: list[str] = []
             listed = iter_rows(archive, problems=found)  # reads the manifest now, the rows as they print
             warn([] if shards else found)
-            click.echo(f"{'id':32s}  {'psnr':>6s}  {'bytes':>6s}  name")
+            click.echo(ROWS_HEADER)
             for r in listed:
-                quality = f"{r['psnr']:6.2f}" if r["psnr"] is not None else f"{'-':>6s}"
-                click.echo(f"{r['id']}  {quality}  {r['payload_bytes']:6d}  {printable(r['name'])}")
+                click.echo(printable(row_line(r)))
         return
     info = inspect_report(archive)
     warn(info.problems)
     if as_json:
         click.echo(json.dumps(info.to_dict(), indent=2, default=str))
         return
-    s = info.settings
-    click.echo(f"archive {archive} (manifest generation {info.generation})")
-    click.echo(f"  images {info.images} in {info.shards['images']} shards; failures {info.failures}")
-    if info.images:
-        ratio = f"{info.ratio:.1f}x" if info.ratio else "-"
-        click.echo(f"  payload {info.payload_bytes} bytes in the shards ({info.bytes_per_image or 0:.0f} B/image); "
-                   f"source {info.source_bytes} bytes; ratio {ratio}")
-        psnr = "-" if info.mean_psnr is None else f"{info.mean_psnr:.2f}"
-        ms_ssim = "-" if info.mean_ms_ssim is None else f"{info.mean_ms_ssim:.3f}"
-        click.echo(f"  mean PSNR {psnr} dB, MS-SSIM {ms_ssim}")
-    click.echo(f"  profile {s.get('profile')}; bits per layer {s.get('bits')}")
-    click.echo(f"  generator {s.get('generator_fingerprint')}\n  encoder   {s.get('encoder_fingerprint')}\n"
-               f"  codec     {s.get('codec_hash')}")
-    for failure in info.failure_list:
-        click.echo(printable(f"  FAILED {failure['source_uri']}: [{failure['stage']}] {failure['reason']}"))
-    if info.orphans:
-        click.echo(f"  {len(info.orphans)} uncommitted shard files (from interrupted runs; ignored by readers)")
+    for line in info.lines():
+        click.echo(printable(line))
 
 
 AUDIT_FIELDS = ["sample_size", "seed", "network", "encoder", "report", "device", "lpips", "source_roots",

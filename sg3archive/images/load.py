@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from sg3archive.images.decode import decode_image
 from sg3archive.images.errors import ImageRejected
 from sg3archive.images.fit import DEFAULT_FIT, FitInfo, FitMode, fit_to_square
@@ -23,6 +25,8 @@ class FittedImage:
         tensor: ``[3, R, R]`` float32 in [-1, 1].
         fit: how the square was cut from (or padded around) the original.
         width, height, mode, format: the original image as decoded.
+        original: the decoded ``[H, W, 3]`` uint8 RGB at the original size, when asked for
+            (``keep_original``): what every quality figure is measured against.
     """
 
     tensor: torch.Tensor
@@ -31,6 +35,7 @@ class FittedImage:
     height: int
     mode: str
     format: str
+    original: np.ndarray | None = None
 
     def columns(self) -> dict[str, Any]:
         """The archive row's columns that describe the original (``width`` … ``fit``)."""
@@ -39,7 +44,7 @@ class FittedImage:
 
 
 def load_fitted(data: bytes, resolution: int, fit: FitMode | str = DEFAULT_FIT, *, max_pixels: int = DEFAULT_MAX_PIXELS,
-                uri: str = "") -> FittedImage:
+                uri: str = "", keep_original: bool = False) -> FittedImage:
     """Decode ``data`` and fit it to a ``resolution`` square by ``fit`` (crop, pad or stretch).
 
     Raises:
@@ -52,4 +57,5 @@ def load_fitted(data: bytes, resolution: int, fit: FitMode | str = DEFAULT_FIT, 
     except MemoryError:
         raise ImageRejected("out of memory decoding or fitting the image; lower --max-pixels or free memory",
                             uri) from None
-    return FittedImage(to_tensor(square), info, img.width, img.height, img.mode, img.format)
+    return FittedImage(to_tensor(square), info, img.width, img.height, img.mode, img.format,
+                       img.rgb if keep_original else None)

@@ -19,6 +19,7 @@ Usable without Prefect (:func:`compress`, what the CLI runs); the Prefect flow c
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import posixpath
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
@@ -38,9 +40,20 @@ from sg3archive.codec import LatentCodec
 from sg3archive.codec.names import AUTO_PROFILE
 from sg3archive.codec.profiles import resolve_bits
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.images import IMAGE_SUFFIXES, ImageRejected, iter_sources, load_fitted, read_bytes, sha256_hex, thumbnail
+from sg3archive.images import (
+    IMAGE_SUFFIXES,
+    FitInfo,
+    ImageRejected,
+    iter_sources,
+    load_fitted,
+    read_bytes,
+    sha256_hex,
+    thumbnail,
+    to_uint8,
+)
+from sg3archive.images.classical import decode_rgb
 from sg3archive.pipeline.calibrate import MAPPING_CALIBRATION, calibration_ws, fit_codec
-from sg3archive.pipeline.encode import CodedBatch, code_batch
+from sg3archive.pipeline.encode import code_batch
 from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.pipeline.plans import (
     PLAN_SUFFIX,
@@ -59,6 +72,8 @@ from sg3archive.pipeline.plans import (
     shard_name,
 )
 from sg3archive.pipeline.session import ArchiveSession, Models, cache
+from sg3archive.quality.choose import Candidate, Choice, Chooser, as_written, restored_thumb
+from sg3archive.quality.summary import SUMMARY_COLUMNS, QualitySummary
 from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore, ShardRecord, ShardRefusedError, UnsafeArchiveFileError
 from sg3archive.store.format import ArchiveMismatchError
@@ -90,6 +105,7 @@ class ShardReport:
     source_bytes: int = 0
     seconds: float = 0.0
     failure_shard: str | None = None
+    quality: QualitySummary = field(default_factory=QualitySummary)  # the rows written: size, fidelity, mix
 
 
 ShardResult = ShardReport  # the name of earlier versions
@@ -109,6 +125,7 @@ class CompressReport:
     source_bytes: int = 0
     seconds: float = 0.0
     results: tuple[ShardReport, ...] = field(default_factory=tuple)
+    quality: QualitySummary = field(default_factory=QualitySummary)
 
     @classmethod
     def of(cls, archive: str, results: Iterable[ShardReport], seconds: float = 0.0) -> CompressReport:
@@ -118,7 +135,8 @@ class CompressReport:
                    failures=sum(r.failures for r in results), skipped=sum(r.skipped for r in results),
                    failed_before=sum(r.failed_before for r in results),
                    payload_bytes=sum(r.payload_bytes for r in results),
-                   source_bytes=sum(r.source_bytes for r in results), seconds=seconds, results=results)
+                   source_bytes=sum(r.source_bytes for r in results), seconds=seconds, results=results,
+                   quality=functools.reduce(QualitySummary.merged, (r.quality for r in results), QualitySummary()))
 
     def added(self, r: ShardReport) -> CompressReport:
         """This report with one more shard's (what ``Summary.add`` did in place before)."""
@@ -131,7 +149,9 @@ class CompressReport:
         return self.images + self.skipped - self.failed_before > 0
 
     def text(self) -> str:
-        """One line for people; figures that do not exist (nothing written) are left out, never ``nan``."""
+        """For people: one line of counts and bytes (payload bytes are all the parts the archive stores),
+        then the quality summary of the rows written (:meth:`QualitySummary.lines`); figures that
+        do not exist (nothing written) are left out, never ``nan``."""
         line = (f"{self.images} images archived into {self.archive} ({self.shards} shards), "
                 f"{self.skipped - self.failed_before} already there, {self.failures} failed")
         if self.failed_before:
@@ -141,11 +161,12 @@ class CompressReport:
                      f"ratio vs source {self.source_bytes / self.payload_bytes:.1f}x")
             if self.seconds:
                 line += f"; {self.images / self.seconds:.2f} images/s"
-        return line
+        return "\n".join([line, *("  " + q for q in self.quality.lines())])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["results"] = list(d["results"])
+        d["results"] = [dict(r, quality=result.quality.to_dict()) for r, result in zip(d["results"], self.results)]
+        d["quality"] = self.quality.to_dict()
         d["ratio"] = self.source_bytes / self.payload_bytes if self.payload_bytes else None
         d["images_per_s"] = self.images / self.seconds if self.seconds else None
         return d
@@ -159,6 +180,9 @@ def settings_key(settings: dict[str, Any]) -> str:
     """Short hash of what determines a row: the same source with the same key is not redone."""
     keep = {k: settings.get(k) for k in ("generator_fingerprint", "encoder_fingerprint", "codec_hash", "fit",
                                           "refine_steps", "resolution")}
+    # The contract's settings (format 4) join the key only where recorded: archives made before it
+    # keep their keys, so a resumed one does not redo its images.
+    keep.update({k: settings[k] for k in CONTRACT_SETTINGS if k in settings})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -174,7 +198,15 @@ def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict[str,
         "resolution": models.resolution,
         "fit": job.fit,
         "refine_steps": job.refine_steps,
+        "quality": job.quality.model_dump(),
+        "representations": sorted(job.representations),
+        "escalation_steps": job.escalation_steps,
     }
+
+
+# Settings that archives made before the quality contract do not record; such an archive resumed by
+# this version takes them from the job (its new rows record their contract).
+CONTRACT_SETTINGS = ("quality", "representations", "escalation_steps")
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -208,19 +240,22 @@ def check_job_paths(job: CompressJob) -> None:
 
 
 def check_lpips_weights(job: CompressJob) -> None:
-    """With ``lpips: true``, refuse a job whose LPIPS backbone weights are not provisioned (before
-    any model is loaded), saying how to provision them."""
-    if not job.lpips:
+    """With ``lpips: true``, or a contract with an LPIPS ceiling, refuse a job whose LPIPS backbone
+    weights are not provisioned (before any model is loaded), saying how to provision them."""
+    if not job.lpips and not job.quality.needs_lpips:
         return
     from sg3archive.metrics.quality import LPIPS_WEIGHTS_ENV, PROVISION_COMMAND, LpipsUnavailableError, resolve_backbone_state
 
     try:
         resolve_backbone_state("alex")
     except LpipsUnavailableError:
+        why = ("--max-lpips (quality: max_lpips) in the compress job" if job.quality.needs_lpips
+               else "lpips: true in the compress job")
+        instead = "or give the contract without an LPIPS ceiling" if job.quality.needs_lpips else "or set lpips: false"
         raise LpipsWeightsMissingError(
-            f"lpips: true in the compress job needs the LPIPS (alex) weights, which are not provisioned here; run "
+            f"{why} needs the LPIPS (alex) weights, which are not provisioned here; run "
             f"`{PROVISION_COMMAND} --fetch` or set ${LPIPS_WEIGHTS_ENV} to a folder holding them "
-            "(or set lpips: false)") from None
+            f"({instead})") from None
 
 
 def _check_profile(job: CompressJob, codec: LatentCodec) -> None:
@@ -251,8 +286,9 @@ def prepare(job: CompressJob) -> dict[str, Any]:
         session = open_session(job)  # refuses other models (fingerprints) at open
         assert session.models is not None
         _check_profile(job, session.codec)
-        # Refuses the archive when its other settings (fit, refine steps, ...) differ.
-        session.store.check_settings(_settings(job, session.models, session.codec))
+        # Refuses the archive when its other settings (fit, refine steps, contract, ...) differ.
+        older = tuple(k for k in CONTRACT_SETTINGS if k not in session.store.settings)
+        session.store.check_settings(_settings(job, session.models, session.codec), ignored=older)
         return session.settings
     models = cache.models(job.network, job.encoder, job.device)
     codec = fit_codec(job, models)
@@ -284,6 +320,30 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+@dataclass(frozen=True)
+class _Pending:
+    """One decoded source waiting for its batch: the square the encoder sees, the original's pixels
+    (what fidelity is measured against) and bytes (the ``original`` representation)."""
+
+    tensor: torch.Tensor
+    info: dict[str, Any]
+    original: np.ndarray
+    data: bytes
+    fit: FitInfo
+
+
+@dataclass(frozen=True)
+class _Latent:
+    """One image's latent coding: payload, synthesized square, generator-square diagnostics."""
+
+    payload: bytes
+    recon: torch.Tensor  # [3, R, R] in [-1, 1]
+    psnr: float
+    ms_ssim: float
+    lpips: float | None
+    candidate: Candidate
+
+
 @dataclass
 class _Shard:
     """The state of one shard task while it runs (private: its result is a :class:`ShardReport`)."""
@@ -293,17 +353,23 @@ class _Shard:
     store: ArchiveStore
     models: Models
     codec: LatentCodec
-    perceptual: torch.nn.Module | None
+    perceptual: torch.nn.Module | None  # LPIPS, when the job records it or its contract needs it
     key: str
     entries: list[PlanEntry]
     done: Done
     rows: list[dict[str, Any]] = field(default_factory=list)
     failures: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (exact source URI, row)
-    pending: list[tuple[torch.Tensor, dict[str, Any]]] = field(default_factory=list)
+    pending: list[_Pending] = field(default_factory=list)
     skipped: int = 0
     failed_before: int = 0
     payload_bytes: int = 0
     source_bytes: int = 0
+    baselines: int = 0  # images whose AVIF baseline was measured
+    escalation_left: int = 0  # refinement steps this task may still spend on images that miss the contract
+
+    def __post_init__(self) -> None:
+        self.escalation_left = self.job.escalation_budget
+        self.chooser = Chooser(self.job.quality, self.job.representations, self.perceptual, self.models.device)
 
     # step: a failure row
     def fail(self, info: dict[str, Any], stage: str, reason: str) -> None:
@@ -335,51 +401,119 @@ class _Shard:
         return True
 
     # step: decode and fit
-    def decode(self, data: bytes, info: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]] | None:
-        """The source fitted to the generator's square (``load_fitted``), or None (a failure)."""
+    def decode(self, data: bytes, info: dict[str, Any]) -> _Pending | None:
+        """The source fitted to the generator's square (``load_fitted``) with its original pixels,
+        or None (a failure)."""
         job = self.job
         try:
             fitted = load_fitted(data, self.models.resolution, job.fit, max_pixels=job.max_pixels,
-                                 uri=info["source_uri"])
+                                 uri=info["source_uri"], keep_original=True)
         except ImageRejected as exc:
             self.fail(info, "decode", exc.reason)
             return None
         except (OSError, ValueError) as exc:
             self.fail(info, "decode", f"{type(exc).__name__}: {exc}")
             return None
-        return fitted.tensor, dict(info, **fitted.columns())
+        assert fitted.original is not None
+        return _Pending(fitted.tensor, dict(info, **fitted.columns()), fitted.original, data, fitted.fit)
 
     # step: encode a batch
     def encode_pending(self) -> None:
-        """Code the pending batch into rows; a failing batch is recorded, the run goes on."""
+        """Code the pending batch: the latent path for the whole batch (when allowed), then each
+        image's representation; a failing batch is recorded, the run goes on."""
         if not self.pending:
             return
-        x = torch.stack([t for t, _ in self.pending]).to(self.models.device)
-        infos = [i for _, i in self.pending]
-        self.pending.clear()
-        try:
-            coded = code_batch(self.models, self.codec, x, self.job, self.perceptual)
-        except Exception as exc:  # noqa: BLE001  (any failure of the models is the batch's reason)
-            for info in infos:
-                self.fail(info, "encode", f"{type(exc).__name__}: {exc}")
+        batch, self.pending = self.pending, []
+        latents: list[_Latent | None] = [None] * len(batch)
+        if "latent" in self.job.representations:
+            try:
+                latents = list(self.latent_batch(batch, self.job))
+                self.escalate(batch, latents)
+            except Exception as exc:  # noqa: BLE001  (any failure of the models is the batch's reason)
+                for item in batch:
+                    self.fail(item.info, "encode", f"{type(exc).__name__}: {exc}")
+                return
+        for item, latent in zip(batch, latents):
+            choice = self.choose(item, latent)
+            if choice is None:
+                continue
+            row = self.image_row(item, latent, choice)
+            self.rows.append(row)
+            self.payload_bytes += choice.chosen.bytes
+            self.source_bytes += item.info["source_size"]
+
+    def latent_batch(self, batch: list[_Pending], job: CompressJob) -> list[_Latent]:
+        """The latent coding of each image of ``batch`` (encoder, refinement per ``job``), judged
+        at the original size."""
+        x = torch.stack([item.tensor for item in batch]).to(self.models.device)
+        coded = code_batch(self.models, self.codec, x, job, self.perceptual if self.job.lpips else None)
+        out = []
+        for i, item in enumerate(batch):
+            square = to_uint8(coded.recon[i : i + 1])[0]
+            candidate = self.chooser.latent(item.original, square, item.fit, item.info["mode"], len(coded.payloads[i]))
+            out.append(_Latent(coded.payloads[i], coded.recon[i], coded.psnr[i], coded.ms_ssim[i],
+                               None if coded.lpips is None else coded.lpips[i], candidate))
+        return out
+
+    # step: escalate refinement for images whose latent misses the contract
+    def escalate(self, batch: list[_Pending], latents: list[_Latent | None]) -> None:
+        """Refine (``escalation_steps`` more steps) the latents that miss the contract, while this
+        task's budget lasts; a refined latent replaces the first when it meets the contract or is
+        better (higher PSNR at original size)."""
+        steps = self.job.escalation_steps
+        missed = [i for i, latent in enumerate(latents) if latent is not None and not latent.candidate.met]
+        if not steps or not missed or self.escalation_left < steps:
             return
-        for i, info in enumerate(infos):
-            self.rows.append(self.image_row(info, coded, i))
-            self.payload_bytes += len(coded.payloads[i])
-            self.source_bytes += info["source_size"]
+        missed = missed[: self.escalation_left // steps]
+        self.escalation_left -= steps * len(missed)
+        job = self.job.model_copy(update={"refine_steps": self.job.refine_steps + steps})
+        for i, refined in zip(missed, self.latent_batch([batch[i] for i in missed], job)):
+            old = latents[i]
+            assert old is not None
+            if refined.candidate.met or refined.candidate.fidelity.psnr > old.candidate.fidelity.psnr:
+                latents[i] = refined
+
+    # step: choose the representation
+    def choose(self, item: _Pending, latent: _Latent | None) -> Choice | None:
+        """The fewest bytes that meet the contract (:class:`~sg3archive.quality.choose.Chooser`);
+        the AVIF baseline is measured on this task's first ``baseline_images`` images. An image
+        the classical codecs cannot handle is stored as its original when that is allowed, else
+        recorded as a failure."""
+        baseline = self.baselines < self.job.baseline_images
+        try:
+            choice = self.chooser.choose(item.original, item.data, item.info["format"], item.info["mode"],
+                                         latent.candidate if latent is not None else None, baseline=baseline)
+        except (ImageRejected, OSError, ValueError, MemoryError) as exc:
+            if "original" not in self.job.representations:
+                self.fail(item.info, "encode", f"{type(exc).__name__}: {exc}")
+                return None
+            choice = Choice(Candidate("original", data=item.data, codec=(item.info["format"] or "").lower() or None))
+        self.baselines += choice.baseline_bytes is not None
+        return choice
 
     # step: one image row
-    def image_row(self, info: dict[str, Any], coded: CodedBatch, i: int) -> dict[str, Any]:
-        job, codec, models = self.job, self.codec, self.models
-        payload = coded.payloads[i]
-        return dict(info, **fmt.source_columns(job.source, info["source_uri"], job.source_storage_options),
-                    id=fmt.image_id(info["source_uri"], info["source_sha256"]), payload=payload,
-                    payload_sha256=sha256_hex(payload), bits=[float(b) for b in codec.bits],
-                    profile=codec.model.profile, transform=None, psnr=coded.psnr[i], ms_ssim=coded.ms_ssim[i],
-                    lpips=None if coded.lpips is None else coded.lpips[i],
-                    recon_thumb=thumbnail(coded.recon[i]).tobytes(), encoder_fingerprint=models.encoder.fingerprint,
-                    generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash, settings_key=self.key,
-                    encoded_at=_now())
+    def image_row(self, item: _Pending, latent: _Latent | None, choice: Choice) -> dict[str, Any]:
+        job, codec, models, chosen = self.job, self.codec, self.models, choice.chosen
+        info = item.info
+        row: dict[str, Any] = dict(
+            info, **fmt.source_columns(job.source, info["source_uri"], job.source_storage_options),
+            id=fmt.image_id(info["source_uri"], info["source_sha256"]), bits=[float(b) for b in codec.bits],
+            profile=codec.model.profile, transform=None, encoder_fingerprint=models.encoder.fingerprint,
+            generator_fingerprint=models.G.fingerprint, codec_hash=codec.hash, settings_key=self.key,
+            encoded_at=_now(), representation=chosen.representation, latent_bytes=chosen.latent_bytes,
+            image_bytes=len(chosen.data) if chosen.data is not None else 0, contract=job.quality.to_json(),
+            contract_met=chosen.met, fidelity_psnr=chosen.fidelity.psnr, fidelity_ms_ssim=chosen.fidelity.ms_ssim,
+            fidelity_lpips=chosen.fidelity.lpips, avif_bytes=choice.baseline_bytes, avif_quality=choice.baseline_quality)
+        if chosen.representation == "latent":
+            assert latent is not None
+            return dict(row, payload=latent.payload, payload_sha256=sha256_hex(latent.payload), psnr=latent.psnr,
+                        ms_ssim=latent.ms_ssim, lpips=latent.lpips, recon_thumb=thumbnail(latent.recon).tobytes(),
+                        image_data=None, image_sha256=None, image_codec=None, image_quality=None)
+        assert chosen.data is not None
+        restored = item.original if chosen.representation == "original" else decode_rgb(chosen.data)
+        return dict(row, payload=b"", payload_sha256=sha256_hex(b""), psnr=None, ms_ssim=None, lpips=None,
+                    recon_thumb=restored_thumb(as_written(restored, info["mode"])).tobytes(), image_data=chosen.data,
+                    image_sha256=sha256_hex(chosen.data), image_codec=chosen.codec, image_quality=chosen.quality)
 
     # step: write and commit
     def write_and_commit(self) -> tuple[str | None, str | None, int]:
@@ -413,9 +547,10 @@ def _ticking(items: list[PlanEntry], tick: Callable[[int], None] | None) -> Iter
 
 
 def _perceptual(job: CompressJob, device: torch.device) -> torch.nn.Module | None:
-    """The LPIPS model when the job records LPIPS (None otherwise); built once per shard task
-    (a few MB, under a second) so it always follows the weights the environment provisions now."""
-    if not job.lpips:
+    """The LPIPS model when the job records LPIPS or its contract has an LPIPS ceiling (None
+    otherwise); built once per shard task (a few MB, under a second) so it always follows the
+    weights the environment provisions now."""
+    if not job.lpips and not job.quality.needs_lpips:
         return None
     from sg3archive.metrics import LPIPS
 
@@ -459,14 +594,16 @@ def written_before(store: ArchiveStore, plan: ShardPlan) -> ShardReport | None:
         return None
     store.commit(list(records.values()))
     images, failures = records.get("images"), records.get("failures")
-    payload_bytes = source_bytes = 0
+    source_bytes = 0
+    quality = QualitySummary()
     if images is not None and images.rows:  # read like any committed shard: the store's bounded reader
-        for batch in store.iter_batches("images", columns=["payload", "source_size"], shard_names=[images.name]):
-            payload_bytes += int(pc.sum(pc.binary_length(batch.column("payload"))).as_py() or 0)
+        columns = [c for c in SUMMARY_COLUMNS if c != "image_data"] + ["source_size"]
+        for batch in store.iter_batches("images", columns=columns, shard_names=[images.name]):
             source_bytes += int(pc.sum(batch.column("source_size")).as_py() or 0)
+            quality = quality.merged(QualitySummary.of_rows(batch.to_pylist()))
     return ShardReport(plan.index, shard=images.name if images else None, images=images.rows if images else 0,
-                       failures=failures.rows if failures else 0, payload_bytes=payload_bytes,
-                       source_bytes=source_bytes, failure_shard=failures.name if failures else None)
+                       failures=failures.rows if failures else 0, payload_bytes=quality.stored_bytes,
+                       source_bytes=source_bytes, failure_shard=failures.name if failures else None, quality=quality)
 
 
 def open_shard(job: CompressJob, plan: ShardPlan, session: ArchiveSession | None = None) -> _Shard:
@@ -511,7 +648,7 @@ def compress_shard(job: CompressJob, plan: ShardPlan, tick: Callable[[int], None
     return ShardReport(plan.index, shard=name, images=len(shard.rows), failures=failures, skipped=shard.skipped,
                        failed_before=shard.failed_before, payload_bytes=shard.payload_bytes,
                        source_bytes=shard.source_bytes, seconds=time.perf_counter() - started,
-                       failure_shard=failure_name)
+                       failure_shard=failure_name, quality=QualitySummary.of_rows(shard.rows))
 
 
 # -- the whole run -------------------------------------------------------------------------------

@@ -26,6 +26,14 @@ from sg3archive.codec.names import AUTO_PROFILE, DEFAULT_CODER, DEFAULT_PROFILE,
 from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.images import DEFAULT_FIT, DEFAULT_MAX_PIXELS, FitMode
+from sg3archive.quality.contract import (
+    CONTRACTS,
+    DEFAULT_CONTRACT,
+    REPRESENTATIONS,
+    QualityContract,
+    check_representations,
+    contract_of,
+)
 
 # The newest job version this code reads; a manifest without `version` is version 1.
 JOB_VERSION = 1
@@ -99,6 +107,18 @@ class CompressJob(_Spec):
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are rejected (decompression bombs)")
     lpips: bool = Field(default=False, description="also measure LPIPS of each image at compress time and record it in "
                                                    "its row (needs the LPIPS weights)")
+    quality: QualityContract = Field(default_factory=lambda: CONTRACTS[DEFAULT_CONTRACT], description=(
+        f"the quality contract every image must meet, restored vs original at the original size: a name "
+        f"({', '.join(CONTRACTS)}; default {DEFAULT_CONTRACT}) or floors (min_psnr, min_ms_ssim, max_lpips, lossless)"))
+    representations: list[str] = Field(default_factory=lambda: list(REPRESENTATIONS), description=(
+        f"how images may be stored, the fewest bytes that meet the contract chosen per image: any of "
+        f"{', '.join(REPRESENTATIONS)}"))
+    escalation_steps: int = Field(default=0, ge=0, le=10_000, description=(
+        "latent refinement steps tried on an image whose latent misses the contract (0 = off)"))
+    escalation_budget: int = Field(default=1000, ge=0, description=(
+        "the most escalation steps one shard task spends, over all its images"))
+    baseline_images: int = Field(default=16, ge=0, description=(
+        "images per shard task on which the AVIF baseline (bytes AVIF alone needs to meet the contract) is measured"))
     storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the destination")
     source_storage_options: dict[str, Any] = Field(default_factory=dict, description="fsspec options for the source")
     task_runner: Literal["thread", "dask"] = Field(default="thread", description="Prefect task runner of the compress flow")
@@ -110,6 +130,16 @@ class CompressJob(_Spec):
     @classmethod
     def _profile(cls, value: str | int | list[int]) -> str | int | list[int]:
         return check_profile(value)
+
+    @field_validator("quality", mode="before")
+    @classmethod
+    def _quality(cls, value: object) -> object:
+        return contract_of(value)
+
+    @field_validator("representations")
+    @classmethod
+    def _representations(cls, value: list[str]) -> list[str]:
+        return check_representations(value)
 
     @model_validator(mode="after")
     def _auto_target(self) -> CompressJob:

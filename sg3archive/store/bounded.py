@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from sg3archive.images.limits import DEFAULT_MAX_BYTES
 from sg3archive.store.format import ArchiveFormatError, schema_for
 
 MiB = 1 << 20
@@ -83,9 +84,11 @@ VALUE_CAPS = {
     "payload": 1 * MiB,
     "source_uri": 64 * KiB, "source_name": 64 * KiB, "source_root": 64 * KiB, "source_uri_bytes": 64 * KiB,
     "reason": 64 * KiB,
-    "fit": 1 * KiB,
+    "fit": 1 * KiB, "contract": 1 * KiB,
+    "image_data": DEFAULT_MAX_BYTES,  # a classical coding, or an original's bytes (compress reads at most this)
     **{c: 256 for c in ("id", "source_sha256", "payload_sha256", "recon_thumb", "mode", "format", "profile",
-                        "encoder_fingerprint", "generator_fingerprint", "codec_hash", "settings_key", "stage")},
+                        "encoder_fingerprint", "generator_fingerprint", "codec_hash", "settings_key", "stage",
+                        "representation", "image_sha256", "image_codec")},
 }
 VALUE_CAP_OTHER = 64 * KiB
 SMALL_VALUES = 256  # values' bytes under which the cheap bounds in _measure are used as they are

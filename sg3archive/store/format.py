@@ -21,10 +21,13 @@ import pyarrow as pa
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.images.thumbs import THUMB_BYTES as THUMB_BYTES
 from sg3archive.images.thumbs import THUMB_SHAPE as THUMB_SHAPE
+from sg3archive.quality.contract import REPRESENTATIONS
 
 FORMAT_NAME = "sg3archive"
-FORMAT_VERSION = 3  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
+FORMAT_VERSION = 4  # 2: images gained source_name and source_root (nullable; null in version-1 shards)
 # 3: images and failures gained source_uri_bytes (nullable; null in older shards and for UTF-8 names)
+# 4: the quality contract: images gained the representation, its parts, the contract and the fidelity at the
+#    original size (all nullable; null in older shards, whose rows are all latent)
 # The key of the one JSON document in each shard's Parquet key-value metadata (as Hugging Face
 # datasets use b"huggingface").
 METADATA_KEY = b"sg3archive"
@@ -42,7 +45,13 @@ KEY_COLUMNS = ("source_uri", "source_sha256", "settings_key")
 EXACT_KEY_COLUMNS = ("source_uri", "source_uri_bytes", "source_sha256", "settings_key")
 
 _UTC_MICROS = pa.timestamp("us", tz="UTC")
-_ADDED_NULLABLE = ("source_uri_bytes",)  # columns a table may lack (then all null) when written
+# The columns of format version 4 (the quality contract), null in older rows (docs/FORMAT.md).
+CONTRACT_COLUMNS = ("representation", "image_data", "image_sha256", "image_codec", "image_quality", "latent_bytes",
+                    "image_bytes", "contract", "contract_met", "fidelity_psnr", "fidelity_ms_ssim", "fidelity_lpips",
+                    "avif_bytes", "avif_quality")
+LATENT = "latent"  # the representation of every row before version 4
+REPRESENTATION_NAMES = REPRESENTATIONS  # checked on write; their home: sg3archive.quality.contract
+_ADDED_NULLABLE = ("source_uri_bytes", *CONTRACT_COLUMNS)  # columns a table may lack (then all null) when written
 
 
 class ArchiveFormatError(Sg3ArchiveError):
@@ -270,7 +279,27 @@ def images_schema() -> pa.Schema:
         pa.field("source_root", pa.string(), nullable=True),
         # format version 3; null in older rows and wherever the name is UTF-8
         pa.field("source_uri_bytes", pa.binary(), nullable=True),
+        # format version 4 (the quality contract); null in older rows (all latent)
+        pa.field("representation", pa.string(), nullable=True),  # latent | classical | original
+        pa.field("image_data", pa.binary(), nullable=True),  # the classical file or the original's bytes
+        pa.field("image_sha256", pa.string(), nullable=True),
+        pa.field("image_codec", pa.string(), nullable=True),  # avif | webp, or the original's format
+        pa.field("image_quality", pa.int32(), nullable=True),  # the classical coding's quality setting
+        pa.field("latent_bytes", pa.int64(), nullable=True),  # bytes per part: the payload ...
+        pa.field("image_bytes", pa.int64(), nullable=True),  # ... and image_data
+        pa.field("contract", pa.string(), nullable=True),  # the quality contract (JSON) the row was made under
+        pa.field("contract_met", pa.bool_(), nullable=True),
+        pa.field("fidelity_psnr", pa.float64(), nullable=True),  # restored vs original at the original size
+        pa.field("fidelity_ms_ssim", pa.float64(), nullable=True),
+        pa.field("fidelity_lpips", pa.float64(), nullable=True),
+        pa.field("avif_bytes", pa.int64(), nullable=True),  # the AVIF baseline, where measured
+        pa.field("avif_quality", pa.int32(), nullable=True),
     ])
+
+
+def row_representation(row: Mapping[str, Any]) -> str:
+    """A row's representation: ``latent`` for rows written before version 4."""
+    return row.get("representation") or LATENT
 
 
 def failures_schema() -> pa.Schema:
@@ -388,6 +417,10 @@ def _check_rows(table: pa.Table, kind: str) -> None:
             stages = sorted(set(pc.filter(table.column("stage"), bad).to_pylist()))
             raise ShardSchemaError(f"failure stage(s) {stages} unknown; expected one of {', '.join(FAILURE_STAGES)}")
         return
+    kinds = table.column("representation")
+    unknown = pc.and_(pc.is_valid(kinds), pc.invert(pc.is_in(kinds, value_set=pa.array(REPRESENTATION_NAMES))))
+    if pc.any(unknown).as_py():
+        raise ShardSchemaError(f"representation must be one of {', '.join(REPRESENTATION_NAMES)} (or null: latent)")
     lengths = pc.list_value_length(table.column("transform"))
     if pc.any(pc.not_equal(lengths, TRANSFORM_SIZE)).as_py():
         raise ShardSchemaError(f"transform must hold {TRANSFORM_SIZE} values (3x3 row-major) or be null")
