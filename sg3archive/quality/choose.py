@@ -31,7 +31,7 @@ import torch
 from sg3archive.images import FitInfo, thumbnail, to_tensor, unfit
 from sg3archive.images.classical import CLASSICAL_CODECS, ClassicalCoding, encode_rgb, smallest_meeting
 from sg3archive.images.restored import restored_mode, to_restored_image
-from sg3archive.metrics.fidelity import Fidelity, measure_fidelity
+from sg3archive.metrics.fidelity import Fidelity, lpips_uint8, measure_fidelity, ms_ssim_uint8, psnr_uint8
 from sg3archive.quality.contract import QualityContract
 
 IDENTICAL = Fidelity(psnr=math.inf, ms_ssim=1.0, lpips=0.0)
@@ -106,6 +106,23 @@ class Chooser:
     def meets(self, fidelity: Fidelity) -> bool:
         return self.contract.meets(fidelity.psnr, fidelity.ms_ssim, fidelity.lpips)
 
+    def passes(self, original: np.ndarray, restored: np.ndarray) -> bool:
+        """Whether ``restored`` meets the contract, measuring only the figures the contract has,
+        cheapest first (a search's trials; the chosen coding is then measured in full)."""
+        contract = self.contract
+        psnr = psnr_uint8(original, restored)
+        if contract.lossless and psnr != math.inf:
+            return False
+        if contract.min_psnr is not None and not psnr >= contract.min_psnr:
+            return False
+        if contract.min_ms_ssim is not None and not ms_ssim_uint8(original, restored, self.device) >= contract.min_ms_ssim:
+            return False
+        if contract.max_lpips is not None:
+            if self.perceptual is None:
+                return False
+            return lpips_uint8(original, restored, self.perceptual, device=self.device) <= contract.max_lpips
+        return True
+
     def latent(self, original: np.ndarray, square: np.ndarray, fit: FitInfo, source_mode: str,
                payload_bytes: int) -> Candidate:
         """The latent candidate of one image from its synthesized square."""
@@ -115,8 +132,8 @@ class Chooser:
     def _classical(self, original: np.ndarray, source_mode: str, codec: str,
                    max_bytes: int | None) -> tuple[ClassicalCoding | None, Fidelity | None]:
         """The smallest coding with ``codec`` that meets the contract, and its fidelity."""
-        found = smallest_meeting(original, codec, lambda restored: self.meets(
-            self.measure(original, as_written(restored, source_mode))), max_bytes=max_bytes)
+        found = smallest_meeting(original, codec, lambda restored: self.passes(
+            original, as_written(restored, source_mode)), max_bytes=max_bytes)
         if found is None:
             return None, None
         return found, self.measure(original, as_written(found.restored, source_mode))
