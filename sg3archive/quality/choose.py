@@ -132,8 +132,11 @@ class Chooser:
     def _classical(self, original: np.ndarray, source_mode: str, codec: str,
                    max_bytes: int | None) -> tuple[ClassicalCoding | None, Fidelity | None]:
         """The smallest coding with ``codec`` that meets the contract, and its fidelity."""
-        found = smallest_meeting(original, codec, lambda restored: self.passes(
-            original, as_written(restored, source_mode)), max_bytes=max_bytes)
+        try:
+            found = smallest_meeting(original, codec, lambda restored: self.passes(
+                original, as_written(restored, source_mode)), max_bytes=max_bytes)
+        except (RuntimeError, ValueError, OSError):  # a size or shape the codec's library refuses (AVIF 1×100000)
+            return None, None
         if found is None:
             return None, None
         return found, self.measure(original, as_written(found.restored, source_mode))

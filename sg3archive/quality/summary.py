@@ -20,7 +20,9 @@ from typing import Any
 
 # The row columns a summary reads (a reader may fetch just these).
 SUMMARY_COLUMNS = ("representation", "payload", "image_data", "latent_bytes", "image_bytes", "contract",
-                   "contract_met", "fidelity_psnr", "fidelity_ms_ssim", "fidelity_lpips", "avif_bytes")
+                   "contract_met", "fidelity_psnr", "fidelity_ms_ssim", "fidelity_lpips", "avif_bytes", "source_name",
+                   "source_uri", "image_codec", "image_quality")
+LISTED = 20  # a summary of at most this many images also lists each one (the README's sample run)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class QualitySummary:
     baseline_images: int = 0  # images whose AVIF baseline was measured
     baseline_bytes: int = 0  # AVIF's bytes on them
     baseline_archive_bytes: int = 0  # the archive's bytes on the same images
+    listed: tuple[tuple[str, str, int, float | None, float | None], ...] = ()  # the first LISTED images:
+    # (name, representation as it reads, bytes, PSNR, MS-SSIM at the original size)
 
     # -- building -----------------------------------------------------------------------------
     @classmethod
@@ -111,6 +115,11 @@ class QualitySummary:
         contract = row.get("contract")
         if contract and contract not in self.contracts:
             changes["contracts"] = tuple(sorted((*self.contracts, contract)))
+        if len(self.listed) < LISTED:
+            name = row.get("source_name") or str(row.get("source_uri") or "?").rsplit("/", 1)[-1]
+            how = kind if kind != "classical" else f"classical ({row.get('image_codec')} q{row.get('image_quality')})"
+            changes["listed"] = (*self.listed, (name, how, stored, None if p is None else float(p),
+                                                None if s is None else float(s)))
         if row.get("avif_bytes") is not None:
             changes.update(baseline_images=self.baseline_images + 1,
                            baseline_bytes=self.baseline_bytes + int(row["avif_bytes"]),
@@ -131,7 +140,8 @@ class QualitySummary:
             contracts=tuple(sorted(set(self.contracts) | set(other.contracts))),
             baseline_images=self.baseline_images + other.baseline_images,
             baseline_bytes=self.baseline_bytes + other.baseline_bytes,
-            baseline_archive_bytes=self.baseline_archive_bytes + other.baseline_archive_bytes)
+            baseline_archive_bytes=self.baseline_archive_bytes + other.baseline_archive_bytes,
+            listed=(*self.listed, *other.listed)[:LISTED])
 
     # -- reading ------------------------------------------------------------------------------
     @property
@@ -202,6 +212,12 @@ class QualitySummary:
                      if self.below_contract else "; every image meets it")
             out.append(line)
         out.append(self.baseline_text())
+        if self.images <= LISTED:
+            out += [f"  {name}: {how}, {size:,} B, " + ("identical" if psnr is not None and math.isinf(psnr) else
+                                                        "fidelity not recorded" if psnr is None else
+                                                        f"PSNR {psnr:.2f} dB" + (f", MS-SSIM {ssim:.4f}" if ssim is not None
+                                                                                  else ""))
+                    for name, how, size, psnr, ssim in self.listed]
         return out
 
     def to_dict(self) -> dict[str, Any]:

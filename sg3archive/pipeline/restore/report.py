@@ -5,15 +5,17 @@ same whichever started it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sg3archive.errors import Sg3ArchiveError
+from sg3archive.quality.contract import REPRESENTATIONS
 from sg3archive.text import printable
 
 __all__ = ["BadRow", "RestoreIncompleteError", "RestoreReport", "RestoreSummary", "RowNotWritableError",
-           "incomplete_cause", "incomplete_text", "not_restored_text", "refusal", "shard_refused", "shown"]
+           "incomplete_cause", "incomplete_text", "merged_representations", "not_restored_text", "refusal",
+           "representation_counts", "shard_refused", "shown"]
 
 
 class RestoreIncompleteError(Sg3ArchiveError):
@@ -104,12 +106,38 @@ def not_restored_text(bad: Sequence[BadRow]) -> str:
     return text
 
 
+def representation_counts(counts: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """``(representation, files)`` pairs in the order of
+    :data:`~sg3archive.quality.contract.REPRESENTATIONS` (others after, by name), none at zero."""
+    order = {name: i for i, name in enumerate(REPRESENTATIONS)}
+    return tuple((k, v) for k, v in sorted(counts.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+                 if v)
+
+
+def merged_representations(reports: Iterable[RestoreReport]) -> tuple[tuple[str, int], ...]:
+    """The files written per representation by several reports together (a flow's shard tasks)."""
+    total: dict[str, int] = {}
+    for report in reports:
+        for name, count in report.representations:
+            total[name] = total.get(name, 0) + count
+    return representation_counts(total)
+
+
+def representations_text(counts: Sequence[tuple[str, int]]) -> str:
+    """How the files written are split by representation, for a summary line ("" if none):
+    ``2 latent, 1 classical``."""
+    return ", ".join(f"{count} {name}" for name, count in counts)
+
+
 @dataclass(frozen=True)
 class RestoreReport:
     """What a restore did. ``written`` counts files actually written; ``skipped`` outputs that
     were already there; ``bad`` the rows skipped as damaged, unsafe or unwritable (and refused
     shards); ``warnings`` the archive's damage notes (a skipped manifest generation, a failures
     shard whose sources are unknown).
+
+    ``representations`` counts the files written per representation (``latent``, ``classical``,
+    ``original``; :func:`representation_counts` order, none at zero); :meth:`written_as` reads it.
 
     ``files`` holds the URL of every file written, one string per image: it grows with the run
     (a restore of millions of images keeps millions of URLs), so callers that restore very large
@@ -123,10 +151,16 @@ class RestoreReport:
     files: tuple[str, ...] = ()
     bad: tuple[BadRow, ...] = ()
     warnings: tuple[str, ...] = ()
+    representations: tuple[tuple[str, int], ...] = ()
+
+    def written_as(self, representation: str) -> int:
+        """Files written from rows of ``representation`` (``latent``, ``classical``, ``original``)."""
+        return dict(self.representations).get(representation, 0)
 
     def text(self) -> str:
-        """The one-line summary: written, already there, not restored, speed."""
-        text = f"{self.written} images restored to {self.destination}, {self.skipped} already there"
+        """The one-line summary: written (per representation), already there, not restored, speed."""
+        split = f" ({representations_text(self.representations)})" if self.representations else ""
+        text = f"{self.written} images restored to {self.destination}{split}, {self.skipped} already there"
         text += not_restored_text(self.bad)
         if self.written and self.seconds > 0:
             text += f"; {self.written / self.seconds:.2f} images/s"

@@ -3,8 +3,18 @@
 A run opens the archive once (:class:`~sg3archive.pipeline.session.ArchiveSession`: store,
 models, codec, fingerprints checked), plans (or takes the flow's plan), checks DEST, then for each
 shard with selected rows: reads its batches (``_Run._pending_rows``: rows already there are
-skipped, damaged and unsafe ones recorded), decodes the payloads (:func:`_decode`), synthesizes
-(:func:`_synthesize`), encodes (:mod:`.encode`) and writes (``_Run._write``) under DEST.
+skipped, damaged and unsafe ones recorded), rebuilds each row's image at the original size (or the
+generator's with ``--size generator``), encodes it (:mod:`.encode`) and writes it (``_Run._write``)
+under DEST. How the image is rebuilt depends on the row's representation:
+
+* ``latent`` (every row before format version 4): the batch's payloads decoded (:func:`_decode`)
+  and synthesized together (:func:`_synthesize`), then mapped back to the original size;
+* ``classical`` and ``original``: without the models, from the row's ``image_data`` (an AVIF/WebP
+  file, or the source's bytes), checked against its ``image_sha256`` and decoded under a bound
+  (:mod:`.stored`), read only for the rows being written.
+
+Every row then goes through the same writing step: the same output formats, names, safety rules
+and limits.
 
 What happened is counted in one small collector (:class:`_Tally`) and returned at the end as a
 frozen :class:`~sg3archive.pipeline.restore.report.RestoreReport`.
@@ -29,8 +39,16 @@ from sg3archive.errors import Sg3ArchiveError
 from sg3archive.images import to_uint8
 from sg3archive.pipeline.destination import DestinationWriteError, UnsafeTargetError, destination_error
 from sg3archive.pipeline.jobs import RestoreJob
-from sg3archive.pipeline.restore.encode import encode_image
-from sg3archive.pipeline.restore.report import BadRow, RestoreReport, RowNotWritableError, refusal, shard_refused, shown
+from sg3archive.pipeline.restore.encode import check_size, encode_decoded, encode_image
+from sg3archive.pipeline.restore.report import (
+    BadRow,
+    RestoreReport,
+    RowNotWritableError,
+    refusal,
+    representation_counts,
+    shard_refused,
+    shown,
+)
 from sg3archive.pipeline.restore.selection import (
     NAME_COLUMNS,
     SHARD_REFUSED,
@@ -39,12 +57,22 @@ from sg3archive.pipeline.restore.selection import (
     selector,
     uris_and_names,
 )
+from sg3archive.pipeline.restore.stored import (
+    STORED,
+    ImageData,
+    StoredImageDamaged,
+    representation_of,
+    stored_damage,
+    stored_rgb,
+)
 from sg3archive.pipeline.restore.targets import Targets, open_targets
 from sg3archive.pipeline.session import ArchiveSession, Models
 
 __all__ = ["COLUMNS", "restore"]
 
-COLUMNS = [*NAME_COLUMNS, "payload", "payload_sha256", "fit", "mode"]
+# image_data is not among them: it is read apart, only for the rows being written (.stored.ImageData).
+COLUMNS = [*NAME_COLUMNS, "payload", "payload_sha256", "fit", "mode", "representation", "image_sha256", "width",
+           "height"]
 # Columns a row is restored from, with the type each value must have (the schema requires them).
 _VALUE_TYPES = {"payload": bytes, "payload_sha256": str, "fit": str, "mode": str}
 
@@ -58,15 +86,17 @@ class _Tally:
     written: int = 0
     skipped: int = 0
     files: list[str] = field(default_factory=list)
+    representations: dict[str, int] = field(default_factory=dict)  # files written per representation
     bar: tqdm | None = None
 
     def _tick(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
 
-    def wrote(self, url: str) -> None:
+    def wrote(self, url: str, representation: str) -> None:
         self.written += 1
         self.files.append(url)
+        self.representations[representation] = self.representations.get(representation, 0) + 1
         self._tick()
 
     def skip(self) -> None:
@@ -83,7 +113,7 @@ class _Tally:
 
     def report(self, destination: str, seconds: float) -> RestoreReport:
         return RestoreReport(destination, self.written, self.skipped, seconds, tuple(self.files), tuple(self.bad),
-                             tuple(self.warnings))
+                             tuple(self.warnings), representation_counts(self.representations))
 
 
 @dataclass
@@ -94,6 +124,8 @@ class _Row:
     id: str
     name: str
     relative: str  # output name under DEST
+    position: int = 0  # in the shard
+    representation: str = "latent"
 
 
 def restore(job: RestoreJob, progress: bool = True, plan: RestorePlan | None = None) -> RestoreReport:
@@ -177,9 +209,11 @@ class _Run:
         self.selected = selector(job)
 
     def shard(self, shard: str) -> None:
-        """Restore one shard's selected rows, batch by batch."""
+        """Restore one shard's selected rows, batch by batch (its ``image_data`` read alongside,
+        only once a classical or original row is written)."""
+        image_data = ImageData(self.store, shard)
         for cols, rows in self._pending_rows(shard):
-            self._restore_batch(cols, rows)
+            self._restore_batch(cols, rows, image_data)
 
     def _pending_rows(self, shard: str) -> Iterator[tuple[dict[str, list[Any]], list[_Row]]]:
         """Batches of one shard with the selected rows still to write (rows already there are
@@ -218,13 +252,20 @@ class _Run:
         """Row ``i`` of a batch (``position`` in its shard) as a row to write, or None when it is
         already there (counted as skipped) or cannot be restored (recorded as bad)."""
         damage = _damaged_values(cols, i)
+        representation = representation_of(cols["representation"][i])
+        if representation is None:
+            damage = damage or (f"its representation {cols['representation'][i]!r} is not one this version restores "
+                                "(the archive is damaged, or newer than this sg3archive)")
+        elif representation in STORED:
+            damage = damage or stored_damage(cols, i)
         if damage:
             self.tally.not_restored(rid, name, damage)
             return None
         if not isinstance(name, str):  # the plan refuses these already; a plan made elsewhere may not
             self.tally.not_restored(rid, name, "its name is missing (the archive is damaged)")
             return None
-        row = _Row(i, rid, name, self.plan.output_for(shard, position, name, self.job.format))
+        row = _Row(i, rid, name, self.plan.output_for(shard, position, name, self.job.format), position,
+                   representation or "latent")
         try:
             there = self.targets.exists(row.relative)
         except UnsafeTargetError as exc:
@@ -242,8 +283,35 @@ class _Run:
             return None
         return row
 
-    def _restore_batch(self, cols: dict[str, list[Any]], rows: list[_Row]) -> None:
-        """Decode, synthesize, encode and write one batch's rows (bad ones recorded and skipped)."""
+    def _restore_batch(self, cols: dict[str, list[Any]], rows: list[_Row], image_data: ImageData) -> None:
+        """Rebuild, encode and write one batch's rows in archive order (bad ones recorded and
+        skipped): the latent rows' payloads decoded and synthesized together first."""
+        squares = self._synthesized(cols, [row for row in rows if row.representation not in STORED])
+        for row in rows:
+            if row.representation not in STORED and row.index not in squares:
+                continue  # its payload did not decode (recorded)
+            try:
+                if row.representation in STORED:
+                    data = self._stored_file(cols, row, image_data)
+                else:
+                    data = encode_image(self.job, squares.pop(row.index), cols["fit"][row.index],
+                                        cols["mode"][row.index])
+            except RowNotWritableError as exc:
+                self.tally.not_restored(row.id, row.name, str(exc), unwritable=True)
+                continue
+            except StoredImageDamaged as exc:
+                self.tally.not_restored(row.id, row.name, str(exc))
+                continue
+            except (Sg3ArchiveError, ValueError, TypeError, OverflowError, OSError) as exc:
+                self.tally.not_restored(row.id, row.name, f"its image cannot be rebuilt: {exc}")
+                continue
+            self._write(row, data)
+
+    def _synthesized(self, cols: dict[str, list[Any]], rows: list[_Row]) -> dict[int, np.ndarray]:
+        """The synthesized square (``[R, R, 3]`` uint8) of each latent row whose payload decodes,
+        by its index in the batch (the others recorded as bad)."""
+        if not rows:
+            return {}
         good = []
         for row, ws in zip(rows, _decode(self.codec, [cols["payload"][row.index] for row in rows])):
             if isinstance(ws, str):
@@ -251,18 +319,28 @@ class _Run:
             else:
                 good.append((row, ws))
         if not good:
-            return
+            return {}
         images = _synthesize(self.models, [ws for _, ws in good])
-        for (row, _), img in zip(good, images):
-            try:
-                data = encode_image(self.job, img, cols["fit"][row.index], cols["mode"][row.index])
-            except RowNotWritableError as exc:
-                self.tally.not_restored(row.id, row.name, str(exc), unwritable=True)
-                continue
-            except (Sg3ArchiveError, ValueError, TypeError, OverflowError, OSError) as exc:
-                self.tally.not_restored(row.id, row.name, f"its image cannot be rebuilt: {exc}")
-                continue
-            self._write(row, data)
+        return {row.index: img for (row, _), img in zip(good, images)}
+
+    def _stored_file(self, cols: dict[str, list[Any]], row: _Row, image_data: ImageData) -> bytes:
+        """The file of a classical or original row: its size checked against the format first,
+        then its ``image_data`` read, checked and decoded (:func:`.stored.stored_rgb`), then
+        written as a latent row's image is.
+
+        Raises:
+            StoredImageDamaged: its image_data is missing, altered or of another size.
+            RowNotWritableError: too large for the format or for this machine's memory.
+        """
+        width, height = cols["width"][row.index], cols["height"][row.index]
+        if self.job.size == "original":
+            check_size(self.job, width, height)
+        try:
+            rgb = stored_rgb(image_data.at(row.position), cols["image_sha256"][row.index], width, height)
+        except MemoryError:
+            raise RowNotWritableError(f"its original size {width}×{height} needs more memory than this machine "
+                                      "has") from None
+        return encode_decoded(self.job, rgb, cols["fit"][row.index], cols["mode"][row.index])
 
     def _write(self, row: _Row, data: bytes) -> None:
         """Write one row's file (skipped when it appeared since it was checked, unless ``overwrite``)."""
@@ -277,7 +355,7 @@ class _Run:
             self._unwritable(row, exc)
             return
         if wrote:
-            self.tally.wrote(self.targets.url(row.relative))
+            self.tally.wrote(self.targets.url(row.relative), row.representation)
         else:  # appeared since it was checked (another restore into the same DEST)
             self.tally.skip()
 
