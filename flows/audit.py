@@ -1,7 +1,8 @@
 """Prefect flow: the nightly quality audit of an archive (calls ``sg3archive.audit``).
 
-Publishes a table, a markdown summary (verdict with its thresholds, problems, unverified
-sources, notes, a link to the report) and, when a report was written, a link artifact to it;
+Publishes a table, a markdown summary (verdict with its thresholds, the sampled rows' quality
+summary — bytes per image, fidelity at the original size, representations, contract, AVIF
+baseline —, problems, unverified sources, notes, a link to the report) and, when a report was written, a link artifact to it;
 appends the audit record to the archive's history, and FAILS the flow run when the audit finds
 problems.
 """
@@ -57,11 +58,14 @@ def audit_flow(archive: str | None = None, sample_size: int = 32, seed: int | No
     archive = spec.archive
     rec = audit_task(spec)
     m = rec["metrics"]
+    sample = rec.get("sample_summary") or {}
     create_table_artifact(key="audit-summary", table=[{
         "archive": archive, "passed": rec["passed"], "problems": len(rec["problems"]), "sampled": rec["sampled"],
         "compared": rec["compared"], "unverified_sources": len(rec["unverified_sources"]),
         "mean_psnr": m["psnr"]["mean"], "mean_ms_ssim": m["ms_ssim"]["mean"],
-        "max_thumb_diff": m["thumb_diff"]["max"]}], description="nightly audit")
+        "max_thumb_diff": m["thumb_diff"]["max"], "bytes_per_image": sample.get("bytes_per_image"),
+        "below_contract": sample.get("below_contract")}],
+        description="nightly audit (PSNR and MS-SSIM at the original size; bytes per image of the sampled rows)")
     create_markdown_artifact(key="audit-report", markdown=summary_markdown(rec, rec["report"]),
                              description=f"audit {rec['verdict']}")
     link = report_link(rec["report"])

@@ -11,6 +11,10 @@ from sg3archive.pipeline.compress import compress
 from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.store.archive import ArchiveStore
 
+# Archives whose rows must all be latent (tests of the payload path: codec, synthesis, thumbnails): the
+# latent representation only, under no contract (the default contract would store noise images as files).
+LATENT_ONLY = {"representations": ["latent"], "quality": "none"}
+
 THREE_SOURCES = {"a.png": (64, 48), "b.jpg": (48, 64), "c.png": (64, 64)}  # name -> (width, height)
 
 
@@ -23,7 +27,7 @@ def three_image_archive(root: Path, seed: int) -> tuple[Path, Path]:
     for name, (width, height) in THREE_SOURCES.items():
         Image.fromarray(rng.randint(0, 255, (height, width, 3), dtype=np.uint8)).save(src / name)
     dest = root / "archive"
-    summary = compress(CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=3,
+    summary = compress(CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=3, **LATENT_ONLY,
                                    batch_size=8), progress=False)
     assert summary.images == len(THREE_SOURCES) and summary.failures == 0
     return src, dest

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
+from small_archives import LATENT_ONLY
 
 from sg3archive.cli import main as cli
 from sg3archive.pipeline.compress import compress
@@ -41,7 +42,7 @@ def pristine(tmp_path_factory) -> Path:
     for path in sorted(SAMPLES.glob("*.png"))[:4]:
         shutil.copy(path, src / path.name)
     compress(CompressJob(source=str(src), destination=str(root / "archive"), device="cpu", shard_size=2,
-                         calibration_images=4), progress=False)
+                         calibration_images=4, **LATENT_ONLY), progress=False)
     return root / "archive"
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from small_archives import LATENT_ONLY
 
 from sg3archive.assets import default_encoder_url, default_network_url
 from sg3archive.audit import Thresholds, run_audit
@@ -28,9 +29,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "examples" / "images"
 def pristine(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("audit")
     src = root / "src"
-    shutil.copytree(SAMPLES, src)
+    shutil.copytree(SAMPLES, src, ignore=shutil.ignore_patterns("photos"))  # the latent-sized samples
     compress(CompressJob(source=str(src), destination=str(root / "archive"), device="cpu", shard_size=4,
-                         calibration_images=4), progress=False)
+                         calibration_images=4, **LATENT_ONLY), progress=False)
     return src, root / "archive"
 
 

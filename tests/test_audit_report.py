@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from small_archives import LATENT_ONLY
 
 from sg3archive.audit.record import audit_and_record
 from sg3archive.pipeline.compress import compress
@@ -28,10 +29,10 @@ SCREENSHOT_DIR = Path(__file__).resolve().parents[1] / "out" / "audit-report"
 def test_report_renders_in_headless_chromium(tmp_path, lpips_weights_dir, monkeypatch) -> None:
     monkeypatch.setenv("SG3ARCHIVE_LPIPS_WEIGHTS", str(lpips_weights_dir))  # LPIPS measured too
     src = tmp_path / "src"
-    shutil.copytree(SAMPLES, src)
+    shutil.copytree(SAMPLES, src, ignore=shutil.ignore_patterns("photos"))  # the latent-sized samples
     archive = tmp_path / "archive"
     compress(CompressJob(source=str(src), destination=str(archive), device="cpu", shard_size=5,
-                         calibration_images=4), progress=False)
+                         calibration_images=4, **LATENT_ONLY), progress=False)
     audit_and_record(str(archive), sample_size=10, seed=1, device="cpu")  # an earlier night, for the trend
     report = tmp_path / "report.html"
     result, _, _ = audit_and_record(str(archive), sample_size=10, seed=2, device="cpu", report=str(report))

@@ -16,6 +16,7 @@ from pathlib import Path
 import fsspec
 import pyarrow as pa
 import pytest
+from small_archives import LATENT_ONLY
 
 from sg3archive.audit import run_audit
 from sg3archive.audit.sources import OBJECT_STORE_SCHEMES, allowed_source
@@ -84,7 +85,7 @@ def crafted(tmp_path_factory):
         shutil.copy(path, src / path.name)
     archive = root / "archive"
     compress(CompressJob(source=str(src), destination=str(archive), device="cpu", shard_size=2,
-                         calibration_images=2), progress=False)
+                         calibration_images=2, **LATENT_ONLY), progress=False)
     store = ArchiveStore.open(str(archive))
     real = store.read_table("images").slice(0, 1).to_pylist()[0]
     data = (src / real["source_uri"].rsplit("/", 1)[-1]).read_bytes()

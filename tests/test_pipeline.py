@@ -147,7 +147,7 @@ def test_restore_refuses_other_models_and_unsafe_names(archived, tmp_path, sg3_r
 
 def test_job_manifests_validate(tmp_path) -> None:
     spec = load_job(REPO / "manifests" / "example-compress.yaml", CompressJob, destination=str(tmp_path / "a"))
-    assert spec.source == "examples/images" and spec.profile == "balanced"
+    assert spec.source == "examples/images" and spec.profile == "matched"
     bad = tmp_path / "bad.yaml"
     bad.write_text("source: x\ndestination: y\nshard_size: 0\nprofile: ultra\nunknown: 1\n")
     with pytest.raises(JobError) as info:

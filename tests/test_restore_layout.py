@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from small_archives import LATENT_ONLY
 
 from sg3archive.cli import main as cli
 from sg3archive.errors import Sg3ArchiveError
@@ -61,7 +62,7 @@ def archived(tmp_path_factory, one_thread):
         _picture(mode, size, seed).save(src / rel)
     dest = root / "archive"
     summary = compress(CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=4,
-                                   shard_size=2, batch_size=8), progress=False)
+                                   shard_size=2, batch_size=8, **LATENT_ONLY), progress=False)
     assert summary.images == len(SOURCES) and summary.failures == 0 and summary.shards == 3
     return src, dest
 

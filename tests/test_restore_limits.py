@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from small_archives import LATENT_ONLY
 
 from sg3archive.cli import main as cli
 from sg3archive.images import FitInfo, unfit
@@ -37,7 +38,7 @@ def _compress(root: Path, sources: dict[str, np.ndarray], fit: str) -> Path:
         Image.fromarray(pixels).save(src / name)
     dest = root / "archive"
     summary = compress(CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=len(sources),
-                                   batch_size=8, fit=fit), progress=False)
+                                   batch_size=8, fit=fit, **LATENT_ONLY), progress=False)
     assert summary.images == len(sources) and summary.failures == 0
     return dest
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from PIL import Image
-from small_archives import THREE_SOURCES, archive_rows, three_image_archive
+from small_archives import LATENT_ONLY, THREE_SOURCES, archive_rows, three_image_archive
 
 from sg3archive.cli import main as cli
 from sg3archive.codec import LatentCodec, PayloadError, bitstream
@@ -306,7 +306,7 @@ def test_a_name_that_is_not_utf8_restores_byte_exact_or_is_refused(tmp_path, s3_
     Image.fromarray(np.random.RandomState(1).randint(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "x.png")
     os.rename(tmp_path / "x.png", raw)
     archive = tmp_path / "archive"
-    assert compress(CompressJob(source=str(src), destination=str(archive), device="cpu", calibration_images=2),
+    assert compress(CompressJob(source=str(src), destination=str(archive), device="cpu", calibration_images=2, **LATENT_ONLY),
                     progress=False).images == 1
     summary = restore(RestoreJob(archive=str(archive), destination=str(tmp_path / "out"), device="cpu"), progress=False)
     assert summary.written == 1 and os.listdir(os.fsencode(tmp_path / "out")) == [b"caf\xe9.png"]

@@ -5,18 +5,32 @@ Four checks, each turning what it finds into precise problem messages:
 * integrity — the newest manifest generation is readable (a damaged one that readers skip is a
   problem); every manifest-listed shard is a regular file of the archive with its recorded sha256
   and row count and a plausible Parquet footer; every sampled payload matches its sha256 and its
-  own CRC; every audit history record matches its checksum; uncommitted (orphaned) shards are
-  listed;
+  own CRC, and the part sizes recorded (``latent_bytes``, ``image_bytes``) are the parts'; a
+  sampled classical or original row's image matches its ``image_sha256`` (an original's is its
+  source's) and decodes at the recorded size (such rows never go through the codec); every audit
+  history record matches its checksum; uncommitted (orphaned) shards are listed;
 * compatibility — the generator, encoder and codec model load and their fingerprints are the
   ones the archive records (the archive and its models are opened once, through
   :class:`~sg3archive.pipeline.session.ArchiveSession`; a mismatch is a problem, not an error);
-* determinism — a seeded sample of rows, stratified over shards, is decoded and synthesized; the
-  reconstruction's 8×8 thumbnail must equal the one recorded at encode time within a tolerance
-  (catches a changed library, weight file or device drift);
-* quality — where a source is still reachable with its recorded sha256 (fitted to the generator's
-  square by :func:`sg3archive.images.load_fitted`, as compress did), PSNR and MS-SSIM of the
-  reconstruction against it (and LPIPS when its weights are provisioned; otherwise a note says
-  so and how to provision them), compared with the encode-time values and the job's thresholds.
+* determinism — a seeded sample of rows, stratified over shards, is restored (latent rows:
+  decoded and synthesized; others: their image decoded as restore writes it); the 8×8 thumbnail
+  must equal the one recorded at encode time within a tolerance (catches a changed library,
+  weight file or device drift);
+* the contract — a row that records its quality contract (format 4) must meet it: with the
+  fidelity it records (whatever ``contract_met`` says) and, where its source is reachable, with
+  the fidelity measured now; a miss is a ``contract:`` problem naming the row. An LPIPS ceiling
+  the audit cannot measure (no weights) is a note, not a failure;
+* quality — where a source is still reachable with its recorded sha256, it is decoded at its
+  original size (:func:`sg3archive.audit.sources.read_source`) and compared with the image the
+  row restores to at that size (:func:`sg3archive.metrics.fidelity.measure_fidelity`: PSNR,
+  MS-SSIM, and LPIPS when its weights are provisioned; otherwise a note says so and how to
+  provision them); these figures meet the job's thresholds. The drop check compares them with the
+  encode-time figure: ``fidelity_psnr`` for format-4 rows; rows written before record only the
+  generator's square, so their drop compares the synthesized square with the fitted source (a
+  diagnostic at the square, as audits of those archives always did).
+
+The sampled rows as recorded are summarized (:class:`sg3archive.quality.summary.QualitySummary`:
+bytes per image, fidelity at the original size, representations, contract, AVIF baseline).
 
 Sources are read only under the archive's recorded source roots, or the roots the audit job
 names, and never over http(s) unless the job allows it (sg3archive.audit.sources): a source
@@ -30,8 +44,9 @@ against which thresholds it was reached (:meth:`AuditReport.verdict`).
 the per-row verdict :func:`quality_problems`); they fill an :class:`AuditResult` that is frozen
 into the :class:`AuditReport` it returns. Both share :class:`AuditFindings` (verdict, record).
 
-Memory is constant in the sample size: rows are read shard by shard and processed in batches,
-and only fixed-size accumulators and the worst few images are kept.
+Memory is constant in the sample size: rows are read shard by shard (the small columns; the
+payload and image of the sampled rows only) and processed in batches, and only fixed-size
+accumulators and the worst few images (shrunk for display) are kept.
 """
 
 from __future__ import annotations
@@ -47,25 +62,36 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
+import pyarrow.compute as pc
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from sg3archive.audit.accumulators import Stats, WorstN
-from sg3archive.audit.sources import SourcePolicy, job_roots, reachable_source, recorded_max_pixels
+from sg3archive.audit.sources import SourcePolicy, job_roots, one_line, read_source, recorded_max_pixels
 from sg3archive.audit.thresholds import QUALITY_THRESHOLDS, THRESHOLD_TEXT, Thresholds
 from sg3archive.codec import LatentCodec
 from sg3archive.codec.errors import CodecError
 from sg3archive.devices import resolve_device
 from sg3archive.errors import Sg3ArchiveError
-from sg3archive.images import sha256_hex, thumbnail, to_uint8
-from sg3archive.metrics import ms_ssim, psnr
+from sg3archive.images import FitInfo, ImageRejected, sha256_hex, thumbnail, to_uint8
+from sg3archive.images.classical import decode_rgb
+from sg3archive.metrics import psnr
+from sg3archive.metrics.fidelity import Fidelity, measure_fidelity
 from sg3archive.networks.generator import Generator
 from sg3archive.pipeline.session import ArchiveSession, Models, cache, fingerprint_mismatches
+from sg3archive.quality.choose import as_written, latent_restored, restored_thumb
+from sg3archive.quality.contract import QualityContract
+from sg3archive.quality.summary import SUMMARY_COLUMNS, QualitySummary
+from sg3archive.store import format as fmt
 from sg3archive.store.archive import ArchiveStore
 from sg3archive.store.manifest import ShardRecord
 
-COLUMNS = ["id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb",
-           "source_root", "source_uri_bytes"]
+PART_COLUMNS = ("payload", "image_data")  # the large columns: read for the sampled rows only
+COLUMNS = list(dict.fromkeys([
+    "id", "source_uri", "source_sha256", "payload", "payload_sha256", "fit", "psnr", "ms_ssim", "recon_thumb",
+    "source_root", "source_uri_bytes", "width", "height", "mode", "image_sha256", "image_codec",
+    *SUMMARY_COLUMNS]))
 STATS_RANGES = {"psnr": (0.0, 60.0), "ms_ssim": (0.0, 1.0), "psnr_drop": (-5.0, 5.0), "thumb_diff": (0.0, 32.0),
                 "lpips": (0.0, 1.0)}  # each metric's histogram axis
 
@@ -116,6 +142,7 @@ class AuditFindings:
     stats: Mapping[str, Stats]
     worst: Sequence[tuple[float, dict]]
     seconds: float
+    summary: QualitySummary  # the sampled rows as recorded: bytes, fidelity at original size, contract
 
     @property
     def passed(self) -> bool:
@@ -168,7 +195,7 @@ class AuditFindings:
         lp = self.stats.get("lpips")
         if lp is not None and lp.n:
             text += f", LPIPS {lp.mean:.3f}"
-        return text + (f" over {self.compared} images compared with their sources "
+        return text + (f" over {self.compared} images compared with their sources, at their original size "
                        "(absolute values; PASSED/FAILED is about the thresholds only)")
 
     def record(self) -> dict[str, Any]:
@@ -181,6 +208,7 @@ class AuditFindings:
             "unverified_sources": [dict(u) for u in self.unverified_sources],
             "thresholds": self.thresholds.model_dump(),
             "metrics": {k: v.summary() for k, v in self.stats.items()},
+            "sample_summary": self.summary.to_dict(), "sample_summary_lines": self.summary.lines(),
         }
 
 
@@ -205,6 +233,7 @@ class AuditReport(AuditFindings):
     stats: Mapping[str, Stats] = field(default_factory=dict)
     worst: tuple[tuple[float, dict], ...] = ()
     seconds: float = 0.0
+    summary: QualitySummary = field(default_factory=QualitySummary)
 
 
 @dataclass
@@ -228,6 +257,7 @@ class AuditResult(AuditFindings):
     stats: dict[str, Stats] = field(default_factory=dict)
     worst: list[tuple[float, dict]] = field(default_factory=list)
     seconds: float = 0.0
+    summary: QualitySummary = field(default_factory=QualitySummary)
 
     def report(self) -> AuditReport:
         """These findings, frozen."""
@@ -388,8 +418,11 @@ def _perceptual(lpips: bool, device: torch.device, found: AuditResult) -> Any:
 
 @dataclass
 class _SampleCheck:
-    """Determinism and quality on the sample, shard by shard and batch by batch: payload
-    integrity, decoding, synthesis, the thumbnail against encode time, the source comparison."""
+    """Integrity, determinism, the contract and quality on the sample, shard by shard and batch by
+    batch. Latent rows: payload integrity, decoding, synthesis, the thumbnail against encode time;
+    classical and original rows: their image's checksum, sizes and decoding (never the codec), the
+    thumbnail of the image restore writes. Then every row's contract and, where its source can be
+    read, its restored image against the source at the original size."""
 
     models: Models
     codec: LatentCodec
@@ -398,6 +431,7 @@ class _SampleCheck:
     perceptual: Any
     policy: SourcePolicy
     source_storage_options: dict | None
+    lpips_noted: bool = False
 
     def run(self, store: ArchiveStore, shards: list[ShardRecord], picks: list[np.ndarray], batch_size: int,
             progress: bool) -> None:
@@ -406,7 +440,7 @@ class _SampleCheck:
             for record, idx in zip(shards, picks):
                 if not len(idx):
                     continue
-                rows = store.read_table("images", columns=COLUMNS, shard_names=[record.name]).take(idx).to_pylist()
+                rows = sampled_rows(store, record.name, idx)
                 for start in range(0, len(rows), batch_size):
                     batch = rows[start : start + batch_size]
                     self.batch(batch, record.name)
@@ -414,28 +448,77 @@ class _SampleCheck:
 
     def batch(self, rows: list[dict], shard: str) -> None:
         """Check one batch of sampled rows of ``shard``."""
-        rows, ws = self._decode(self._intact(rows, shard), shard)
+        latent = []
+        for row in rows:
+            self.found.sampled += 1
+            self.found.summary = self.found.summary.added(row)
+            if not self._payload_intact(row, shard):
+                continue
+            self._recorded_contract(row)
+            if fmt.row_representation(row) == "latent":
+                latent.append(row)
+            else:
+                self._image_row(row, shard)
+        rows, ws = self._decode(latent, shard)
         if ws is None:
             return
         generator = cast(Generator, self.models.G)
         with torch.no_grad():
             recon = generator.synthesis(ws.to(self.models.device)).clamp(-1, 1)
         for row, img in zip(rows, recon):
-            self._determinism(row, img)
+            self._determinism(row, thumbnail(img.cpu()))
             self._compare(row, img)
 
-    def _intact(self, rows: list[dict], shard: str) -> list[dict]:
-        """The rows whose payload matches its recorded sha256 (the others are problems)."""
-        ok = []
-        for row in rows:
-            self.found.sampled += 1
-            got = sha256_hex(row["payload"])
-            if got != row["payload_sha256"]:
-                self.found.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: "
-                                           f"payload sha256 mismatch: expected {row['payload_sha256']} found {got}")
-                continue
-            ok.append(row)
-        return ok
+    # -- integrity ----------------------------------------------------------------------------
+    def _payload_intact(self, row: dict, shard: str) -> bool:
+        """The payload matches its recorded sha256, and the recorded part sizes are the parts'."""
+        if row["payload"] is None:
+            self.found.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: its payload "
+                                       "could not be read")
+            return False
+        got = sha256_hex(row["payload"])
+        if got != row["payload_sha256"]:
+            self.found.problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: "
+                                       f"payload sha256 mismatch: expected {row['payload_sha256']} found {got}")
+            return False
+        problems = []
+        for column, part in (("latent_bytes", row["payload"]), ("image_bytes", row.get("image_data"))):
+            recorded, size = row.get(column), len(part) if part is not None else 0
+            if recorded is not None and recorded != size:
+                problems.append(f"integrity: row {row['id']} ({row['source_uri']}) in {shard}: {column} mismatch: "
+                                f"expected {recorded} found {size}")
+        self.found.problems += problems
+        return not problems
+
+    def _image_row(self, row: dict, shard: str) -> None:
+        """A classical or original row: its image's checksum (an original's is the source's), its
+        decoding, the thumbnail of what restore writes, then the comparison with the source."""
+        where = f"row {row['id']} ({row['source_uri']}) in {shard}"
+        kind, data = fmt.row_representation(row), row.get("image_data")
+        if data is None:
+            self.found.problems.append(f"integrity: {where}: a {kind} row without image_data")
+            return
+        got = sha256_hex(data)
+        if got != row.get("image_sha256"):
+            self.found.problems.append(f"integrity: {where}: image sha256 mismatch: expected {row.get('image_sha256')} "
+                                       f"found {got}")
+            return
+        if kind == "original" and got != row["source_sha256"]:
+            self.found.problems.append(f"integrity: {where}: an original row whose image is not its source "
+                                       f"(image sha256 {got}, source sha256 {row['source_sha256']})")
+            return
+        try:
+            restored = as_written(decode_rgb(data, max_pixels=self.policy.max_pixels), row["mode"])
+        except ImageRejected as exc:
+            self.found.problems.append(f"integrity: {where}: its {row.get('image_codec') or kind} image does not "
+                                       f"decode ({one_line(exc)})")
+            return
+        if restored.shape[:2] != (row["height"], row["width"]):
+            self.found.problems.append(f"integrity: {where}: its image decodes as {restored.shape[1]}×"
+                                       f"{restored.shape[0]}, not the recorded {row['width']}×{row['height']}")
+            return
+        self._determinism(row, restored_thumb(restored))
+        self._compare(row, None, restored)
 
     def _decode(self, rows: list[dict], shard: str) -> tuple[list[dict], torch.Tensor | None]:
         """``(rows whose payload decodes, their W+ codes)``; a payload that does not decode is a
@@ -457,49 +540,180 @@ class _SampleCheck:
             return good, None
         return good, self.codec.decompress([r["payload"] for r in good])
 
-    def _determinism(self, row: dict, img: torch.Tensor) -> None:
-        """The reconstruction's thumbnail against the one recorded at encode time."""
+    # -- determinism --------------------------------------------------------------------------
+    def _determinism(self, row: dict, thumb: np.ndarray) -> None:
+        """The restored image's thumbnail against the one recorded at encode time."""
         tolerance = self.found.thresholds.thumb_tolerance
         recorded = np.frombuffer(row["recon_thumb"], np.uint8).reshape(8, 8, 3)
-        diff = int(np.abs(thumbnail(img.cpu()).astype(np.int16) - recorded).max())
+        diff = int(np.abs(thumb.astype(np.int16) - recorded).max())
         self.found.stats["thumb_diff"].add(float(diff))
         if diff > tolerance:
             self.found.problems.append(f"determinism: row {row['id']} ({row['source_uri']}) reconstructs differently "
                                        f"from encode time (thumbnail differs by {diff} levels > {tolerance})")
 
-    def _compare(self, row: dict, img: torch.Tensor) -> None:
-        """The reconstruction against its source, where the source may be read and is unchanged
-        (else it is listed in ``unverified_sources``); the metrics, the worst images, the verdict."""
+    # -- the contract -------------------------------------------------------------------------
+    def _contract(self, row: dict) -> QualityContract | None:
+        text = row.get("contract")
+        if not text:
+            return None
+        try:
+            return QualityContract.from_json(text)
+        except ValueError as exc:
+            self.found.problems.append(f"contract: row {row['id']} ({row['source_uri']}): its recorded contract "
+                                       f"does not read ({one_line(exc)})")
+            return None
+
+    def _recorded_contract(self, row: dict) -> None:
+        """The fidelity recorded at encode time against the recorded contract (whatever
+        ``contract_met`` says)."""
+        contract = self._contract(row)
+        if contract is None:
+            return
+        where = f"row {row['id']} ({row['source_uri']})"
+        p, s, lp = row.get("fidelity_psnr"), row.get("fidelity_ms_ssim"), row.get("fidelity_lpips")
+        if p is None or s is None:
+            self.found.problems.append(f"contract: {where}: records the contract {contract.text()} but no fidelity "
+                                       "at the original size")
+            return
+        missed = contract.shortfalls(p, s, lp)
+        if missed:
+            self.found.problems.append(f"contract: {where}: as recorded at encode time, restored at "
+                                       f"{row['width']}×{row['height']} misses its contract {contract.text()}: "
+                                       f"{', '.join(missed)}")
+
+    def _measured_contract(self, row: dict, fidelity: Fidelity) -> None:
+        """The fidelity measured now against the recorded contract; an LPIPS ceiling the audit
+        cannot measure (no LPIPS) is a note, not a failure."""
+        contract = self._contract(row)
+        if contract is None:
+            return
+        missed = contract.shortfalls(fidelity.psnr, fidelity.ms_ssim, fidelity.lpips)
+        if fidelity.lpips is None and contract.needs_lpips:
+            missed = [m for m in missed if not m.startswith("LPIPS")]
+            if not self.lpips_noted:
+                self.lpips_noted = True
+                self.found.notes.append(f"contract: the LPIPS ceiling of {contract.text()} was not re-measured "
+                                        "(LPIPS not measured by this audit); the recorded LPIPS was checked")
+        if missed:
+            self.found.problems.append(f"contract: row {row['id']} ({row['source_uri']}): restored at "
+                                       f"{row['width']}×{row['height']} misses its contract {contract.text()}: "
+                                       f"{', '.join(missed)}")
+
+    # -- quality ------------------------------------------------------------------------------
+    def _compare(self, row: dict, img: torch.Tensor | None, restored: np.ndarray | None = None) -> None:
+        """The restored image against its source at the original size, where the source may be
+        read and is unchanged (else it is listed in ``unverified_sources``): the metrics, the worst
+        images, the contract, the verdict. ``img``: a latent row's synthesized square (restored
+        from it as restore does, and compared at the square for rows before format 4);
+        ``restored``: a classical or original row's image as restore writes it."""
         found = self.found
-        source, unverified = reachable_source(row, self.source_storage_options, self.policy)
-        if source is None:
+        latent = img is not None
+        pixels, unverified = read_source(row, self.source_storage_options, self.policy, square=latent)
+        if pixels is None:
             if unverified is not None:
                 found.unverified_sources.append(unverified)
             return
         found.compared += 1
-        x = source.to(self.models.device)[None]
-        p, s = float(psnr(img[None], x)[0]), float(ms_ssim(img[None], x)[0])
+        original = pixels.original
+        if img is not None:
+            restored = latent_restored(to_uint8(img[None])[0], FitInfo.from_json(row["fit"]), row["mode"])
+        assert restored is not None
+        fidelity = measure_fidelity(original, restored, self.perceptual, device=self.models.device)
+        p, s, lp = fidelity.psnr, fidelity.ms_ssim, fidelity.lpips
         found.stats["psnr"].add(p)
         found.stats["ms_ssim"].add(s)
-        drop = (row["psnr"] - p) if row["psnr"] is not None and math.isfinite(p) else float("nan")
-        found.stats["psnr_drop"].add(drop)
-        lp = float(self.perceptual(img[None], x)[0]) if self.perceptual is not None else None
         if lp is not None:
             found.stats["lpips"].add(lp)
+        recorded = row.get("fidelity_psnr")
+        if recorded is not None:  # format 4: at the original size, as measured now
+            encoded: float | None = recorded
+            drop = _drop(recorded, p)
+        else:  # older rows recorded the square's PSNR: the drop is a diagnostic at the square
+            encoded = row.get("psnr")
+            square_psnr = math.nan
+            if img is not None and pixels.square is not None:
+                square_psnr = float(psnr(img[None], pixels.square.to(img.device)[None])[0])
+            drop = (encoded - square_psnr) if encoded is not None and math.isfinite(square_psnr) else math.nan
+        found.stats["psnr_drop"].add(drop)
         self.worst.add(p, {"id": row["id"], "source_uri": row["source_uri"], "psnr": p, "ms_ssim": s,
-                           "original": to_uint8(x)[0], "restored": to_uint8(img[None])[0]})
+                           "size": f"{original.shape[1]}×{original.shape[0]}",
+                           "representation": fmt.row_representation(row), **display_images(original, restored)})
         where = f"row {row['id']} ({row['source_uri']})"
+        self._measured_contract(row, fidelity)
         found.problems += quality_problems(where, found.thresholds, psnr=p, ms_ssim=s, lpips=lp, drop=drop,
-                                           encoded_psnr=row["psnr"])
+                                           encoded_psnr=encoded)
+
+
+def _drop(recorded: float, measured: float) -> float:
+    """How far ``measured`` PSNR is below ``recorded`` (either may be +inf: identical)."""
+    if math.isinf(recorded) and math.isinf(measured):
+        return 0.0
+    return recorded - measured
+
+
+DISPLAY_SIDE = 256  # the longest side of the worst images kept for the report
+
+
+def display_images(original: np.ndarray, restored: np.ndarray) -> dict[str, np.ndarray]:
+    """The report's side-by-side of one image at the original size: ``original``, ``restored`` and
+    ``diff`` (|difference| ×4, computed at the original size), each shrunk to at most
+    :data:`DISPLAY_SIDE` px a side, so the worst few images kept stay small whatever their size."""
+    diff = np.abs(original.astype(np.int16) - restored.astype(np.int16))
+    diff = np.clip(diff * 4, 0, 255).astype(np.uint8)
+    height, width = original.shape[:2]
+    scale = DISPLAY_SIDE / max(height, width)
+    if scale >= 1:
+        return {"original": original.copy(), "restored": restored.copy(), "diff": diff}
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+
+    def shrink(rgb: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).resize(size, Image.Resampling.BOX))
+
+    return {"original": shrink(original), "restored": shrink(restored), "diff": shrink(diff)}
+
+
+def sampled_rows(store: ArchiveStore, shard: str, idx: np.ndarray) -> list[dict]:
+    """The rows at positions ``idx`` of ``shard``, with :data:`COLUMNS`. Memory: the small columns
+    of the shard, then the payload and image_data of the sampled rows only (streamed, filtered by
+    id; rows sharing an id are told apart by their order)."""
+    small = [c for c in COLUMNS if c not in PART_COLUMNS]
+    table = store.read_table("images", columns=small, shard_names=[shard])
+    ids = table.column("id").to_pylist()
+    rows = [dict(r, payload=None, image_data=None) for r in table.take(idx).to_pylist()]
+    del table
+    rank: dict[str, int] = {}
+    wanted: dict[tuple[str, int], int] = {}  # (id, occurrence in the shard) -> index into rows
+    order = {int(i): n for n, i in enumerate(idx)}
+    for position, rid in enumerate(ids):
+        occurrence = rank.get(rid, 0)
+        rank[rid] = occurrence + 1
+        if position in order:
+            wanted[(rid, occurrence)] = order[position]
+    seen: dict[str, int] = {}
+    names = sorted({r["id"] for r in rows})
+    for batch in store.iter_batches("images", columns=["id", *PART_COLUMNS], shard_names=[shard],
+                                    filter=pc.field("id").isin(names), batch_size=16):
+        for part in batch.to_pylist():
+            occurrence = seen.get(part["id"], 0)
+            seen[part["id"]] = occurrence + 1
+            at = wanted.get((part["id"], occurrence))
+            if at is not None:
+                rows[at].update(payload=part["payload"], image_data=part["image_data"])
+    return rows
 
 
 def quality_problems(where: str, th: Thresholds, *, psnr: float, ms_ssim: float, lpips: float | None, drop: float,
                      encoded_psnr: float | None) -> list[str]:
-    """The verdict on one compared row: a ``quality`` problem per threshold it misses."""
+    """The verdict on one compared row (figures at the original size; ``drop`` against the
+    encode-time PSNR): a ``quality`` problem per threshold it misses."""
     out = []
     if th.max_psnr_drop is not None and drop > th.max_psnr_drop:
-        out.append(f"quality: {where}: PSNR {psnr:.2f} dB is {drop:.2f} dB below encode time "
-                   f"({encoded_psnr:.2f} dB; allowed drop {th.max_psnr_drop} dB)")
+        if math.isinf(drop):
+            out.append(f"quality: {where}: PSNR {psnr:.2f} dB, but it was restored identically at encode time "
+                       f"(allowed drop {th.max_psnr_drop} dB)")
+        else:
+            out.append(f"quality: {where}: PSNR {psnr:.2f} dB is {drop:.2f} dB below encode time "
+                       f"({encoded_psnr:.2f} dB; allowed drop {th.max_psnr_drop} dB)")
     if th.min_psnr is not None and psnr < th.min_psnr:
         out.append(f"quality: {where}: PSNR {psnr:.2f} dB below the threshold {th.min_psnr} dB")
     if th.min_ms_ssim is not None and ms_ssim < th.min_ms_ssim:

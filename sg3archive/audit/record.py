@@ -60,11 +60,13 @@ def audit_job(job: AuditJob, progress: bool = False) -> AuditRunReport:
 
 def summary_lines(rec: dict, report_url: str | None = None, limit: int = 10) -> list[str]:
     """The audit record (:meth:`AuditReport.record`) as text: the verdict with its thresholds, the
-    absolute quality, what was checked, every problem, up to ``limit`` unverified sources (then
+    absolute quality, what was checked, the sampled rows as recorded (bytes, fidelity at the
+    original size, representations, contract, AVIF baseline), every problem, up to ``limit`` unverified sources (then
     "… and K more"), the notes (in full: they say what to do) and where the report is."""
     lines = [f"audit {rec['verdict']}", f"  quality: {rec['quality']}",
              f"  checked: {rec['shards_checked']} shards verified, {rec['sampled']} rows sampled, {rec['compared']} "
              f"compared with their sources, {len(rec['orphans'])} uncommitted shard files, {rec['seconds']:.1f} s"]
+    lines += [f"  sampled rows: {line}" for line in rec.get("sample_summary_lines", [])]
     problems = rec["problems"]
     lines.append(f"  problems ({len(problems)}):" if problems else "  problems: none")
     lines += [f"    {printable(p)}" for p in problems]  # problems quote names from the archive
@@ -93,14 +95,16 @@ NO_REPORT = "no HTML report (pass report=… to write one)"
 
 
 def summary_markdown(rec: dict, report_url: str | None = None, limit: int = 20) -> str:
-    """The audit record as Markdown (the flow's artifact): verdict and thresholds, quality, every
-    problem (up to 50), up to ``limit`` unverified sources, notes, and a link to the report."""
+    """The audit record as Markdown (the flow's artifact): verdict and thresholds, quality, the
+    sampled rows as recorded, every problem (up to 50), up to ``limit`` unverified sources, notes, and a link to the report."""
     head, _, against = rec["verdict"].partition(" (")
     link = report_link(report_url)
     lines = [f"# Audit {head}", "", f"{head} against the {against.rstrip(')')}.", "",
              f"Quality: {rec['quality']}.", "",
              f"`{rec['archive']}`: {rec['shards_checked']} shards verified, {rec['sampled']} rows sampled, "
              f"{rec['compared']} compared with their sources.", "",
+             *[f"- sampled rows: {line}" for line in rec.get("sample_summary_lines", [])],
+             *([""] if rec.get("sample_summary_lines") else []),
              f"Report: [{report_url}]({link})" if link else f"Report: {NO_REPORT}.", "",
              f"## Problems ({len(rec['problems'])})"]
     lines += [f"- {p}" for p in rec["problems"][:50]] or ["- none"]

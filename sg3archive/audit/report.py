@@ -1,6 +1,10 @@
 """A self-contained HTML audit report: the verdict and the thresholds it was reached against,
-the absolute quality, thresholds, problems, sources that could not be verified, worst images
-(original | restored | difference), metric distributions and the trend over past audits.
+the absolute quality, the sampled rows as recorded (bytes per image, fidelity at the original
+size, representations, contract, AVIF baseline), thresholds, problems, sources that could not be
+verified, worst images at their original size (original | restored | difference), metric
+distributions and the trend over past audits. Every PSNR, MS-SSIM and LPIPS is measured at the
+original size; the one figure at the generator's square (the PSNR drop of rows written before
+format version 4) is labelled a diagnostic.
 Images are inline PNGs and charts inline SVG with labelled axes, so the file can be mailed or
 archived alone."""
 
@@ -191,18 +195,42 @@ def _sources_section(result: AuditFindings) -> str:
             f"<table><tr><th>image id</th><th>source URI</th><th>reason</th></tr>{rows}</table>")
 
 
+SQUARE_NOTE = ("PSNR, MS-SSIM and LPIPS compare each restored image with its source at the original size. The PSNR "
+               "drop of rows written before format version 4 compares the generator's square with the square's "
+               "encode-time PSNR: a diagnostic (those rows record no figure at the original size).")
+
+
+def _sample_section(result: AuditFindings) -> str:
+    """The sampled rows as recorded: bytes, fidelity at the original size, mix, contract, baseline."""
+    lines = result.summary.lines()
+    if not lines:
+        return "<p>No rows were sampled.</p>"
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return (f"<p>The {result.summary.images} sampled rows as their archive records them (fidelity as measured at "
+            f"encode time, at the original size):</p><ul>{items}</ul>")
+
+
+def _worst_row(item: dict) -> str:
+    """One worst image: original | restored | difference ×4 (computed at the original size)."""
+    diff = item.get("diff")
+    if diff is None:
+        diff = np.clip(np.abs(item["original"].astype(np.int16) - item["restored"].astype(np.int16)) * 4, 0,
+                       255).astype(np.uint8)
+    scale = 2 if max(item["original"].shape[:2]) <= 128 else 1
+    size = f' at {html.escape(item["size"])}' if item.get("size") else ""
+    kind = f' ({html.escape(item["representation"])})' if item.get("representation") else ""
+    return (f'<tr><td>{_png(item["original"], scale)}</td><td>{_png(item["restored"], scale)}</td>'
+            f'<td>{_png(diff, scale)}</td><td><code>{html.escape(str(item["id"]))}</code>{kind}<br>'
+            f'{html.escape(item["source_uri"])}<br>'
+            f'PSNR {item["psnr"]:.2f} dB, MS-SSIM {item["ms_ssim"]:.3f}{size}</td></tr>')
+
+
 def render_report(result: AuditFindings, history: list[dict]) -> str:
     """The report as one HTML document."""
     status = "PASSED" if result.passed else "FAILED"
     problems = "".join(f"<li>{html.escape(p)}</li>" for p in result.problems) or "<li>none</li>"
     notes = "".join(f'<li class="note">{html.escape(n)}</li>' for n in result.notes)
-    worst = ""
-    for _score, item in result.worst:
-        diff = np.clip(np.abs(item["original"].astype(np.int16) - item["restored"].astype(np.int16)) * 4, 0, 255)
-        worst += (f'<tr><td>{_png(item["original"])}</td><td>{_png(item["restored"])}</td>'
-                  f'<td>{_png(diff.astype(np.uint8))}</td><td><code>{html.escape(str(item["id"]))}</code><br>'
-                  f'{html.escape(item["source_uri"])}<br>'
-                  f'PSNR {item["psnr"]:.2f} dB, MS-SSIM {item["ms_ssim"]:.3f}</td></tr>')
+    worst = "".join(_worst_row(item) for _score, item in result.worst)
     worst = worst or '<tr><td colspan="4">no source images were reachable for comparison</td></tr>'
     th = result.thresholds
     hists = "".join(_histogram(k, s, getattr(th, METRICS[k][1], None) if k in METRICS else None)
@@ -224,13 +252,16 @@ The verdict is about these thresholds only.</p>
 {result.shards_checked} shards verified, {result.sampled} rows sampled, {result.compared} compared with their
 sources, {len(result.unverified_sources)} sources not verified, {len(result.orphans)} uncommitted shard files,
 {len(result.problems)} problems, {result.seconds:.1f} s.</p>
+<h2 id="sample">Sampled rows: size, fidelity at the original size, contract</h2>{_sample_section(result)}
 <h2 id="thresholds">Thresholds</h2>{_thresholds_table(result)}
 <h2 id="problems">Problems ({len(result.problems)})</h2><ul>{problems}</ul>
 {f"<h3 id='notes'>Notes</h3><ul>{notes}</ul>" if notes else ""}
 <h2 id="sources">Sources not verified ({len(result.unverified_sources)})</h2>{_sources_section(result)}
-<h2 id="worst">Worst reconstructions (original | restored | difference ×4)</h2><table>{worst}</table>
+<h2 id="worst">Worst reconstructions at the original size (original | restored | difference ×4)</h2>
+<table>{worst}</table>
 <h2 id="distributions">Distributions</h2>
-<p>Counts of sampled images per bin; the dashed red line is the threshold where one is set.</p>{hists}
+<p>Counts of sampled images per bin; the dashed red line is the threshold where one is set.
+{html.escape(SQUARE_NOTE)}</p>{hists}
 <h2 id="trend">Trend</h2>{_trend(history)}
 </body></html>
 """

@@ -20,9 +20,12 @@ found in the archive's history. :func:`allowed_source` decides before any reques
   fsspec ``a::b`` chain such as ``simplecache::http://``) is refused by its scheme, never opened:
   each such filesystem would make its own requests. The same rule applies to the roots.
 
-Reading an allowed source (:func:`reachable_source`) checks its recorded sha256 and fits it with
-:func:`sg3archive.images.load_fitted`, the same bytes → tensor path compress used, under the same
-pixel limit; the result must match the row's recorded fit (the square compress encoded).
+Reading an allowed source (:func:`read_source`) checks its recorded sha256 and decodes it at its
+original size (:func:`sg3archive.images.decode_image`, the decoder compress used, under the same
+pixel limit): every quality figure of the audit compares against these pixels. For a latent row it
+is also fitted with :func:`sg3archive.images.load_fitted`, the same bytes → tensor path compress
+used; the result must match the row's recorded fit (the square compress encoded), which the square
+diagnostics compare against (:func:`reachable_source` returns that square alone, as before).
 """
 
 from __future__ import annotations
@@ -33,9 +36,18 @@ import stat
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from sg3archive.images import DEFAULT_MAX_PIXELS, FitInfo, load_fitted, local_path, read_bytes, sha256_hex
+from sg3archive.images import (
+    DEFAULT_MAX_PIXELS,
+    FitInfo,
+    decode_image,
+    load_fitted,
+    local_path,
+    read_bytes,
+    sha256_hex,
+)
 from sg3archive.store import format as fmt
 from sg3archive.store.format import source_root as full_url
 
@@ -214,6 +226,16 @@ def recorded_max_pixels(settings: dict[str, Any]) -> int:
     return DEFAULT_MAX_PIXELS
 
 
+@dataclass(frozen=True)
+class SourcePixels:
+    """A source the audit read, unchanged since compress: ``original`` is its decoded ``[H, W, 3]``
+    uint8 at the original size (what every quality figure is measured against); ``square`` the
+    ``[3, R, R]`` tensor fitted as recorded (latent rows only, else None: the square diagnostics)."""
+
+    original: np.ndarray
+    square: torch.Tensor | None = None
+
+
 def reachable_source(row: dict[str, Any], storage_options: dict[str, Any] | None,
                      policy: SourcePolicy) -> tuple[torch.Tensor | None, dict[str, str] | None]:
     """``(fitted source [3, R, R], None)`` when the source may be read (:func:`allowed_source`:
@@ -222,6 +244,15 @@ def reachable_source(row: dict[str, Any], storage_options: dict[str, Any] | None
     reason})`` with kind ``refused`` (not read: outside the roots, a scheme the audit does not
     read, http(s) unless allowed, a symlink out), ``missing``, ``changed`` or ``unreadable`` (any
     error reading, decoding or fitting it: one source's failure is recorded, the audit goes on)."""
+    pixels, unverified = read_source(row, storage_options, policy, square=True)
+    return (pixels.square if pixels is not None else None), unverified
+
+
+def read_source(row: dict[str, Any], storage_options: dict[str, Any] | None, policy: SourcePolicy,
+                square: bool = True) -> tuple[SourcePixels | None, dict[str, str] | None]:
+    """The source of ``row`` as :class:`SourcePixels` (``square``: fitted too, and the fit must be
+    the recorded one), or ``(None, {id, uri, kind, reason})`` as :func:`reachable_source` says.
+    The decoded original must have the row's recorded width and height."""
     uri = fmt.exact_uri(row)  # a surrogateescape str for a name that is not UTF-8
     exact = row.get("source_uri_bytes") is not None
     recorded_root = fmt.unstored_text(row["source_root"]) if exact and row.get("source_root") else row.get("source_root")
@@ -243,14 +274,25 @@ def reachable_source(row: dict[str, Any], storage_options: dict[str, Any] | None
     if found != row["source_sha256"]:
         return unverified("changed", f"source changed: {uri}: sha256 expected {row['source_sha256']} found {found}")
     try:
-        recorded = FitInfo.from_json(row["fit"])
-        fitted = load_fitted(data, recorded.resolution, recorded.mode, max_pixels=policy.max_pixels, uri=uri)
+        if square:
+            recorded = FitInfo.from_json(row["fit"])
+            fitted = load_fitted(data, recorded.resolution, recorded.mode, max_pixels=policy.max_pixels, uri=uri,
+                                 keep_original=True)
+            if fitted.fit != recorded:
+                return unverified("unreadable", f"source unreadable: {uri}: it fits as {fitted.fit.to_json()}, "
+                                                f"not as recorded at encode time ({recorded.to_json()})")
+            assert fitted.original is not None
+            pixels = SourcePixels(fitted.original, fitted.tensor)
+        else:
+            pixels = SourcePixels(decode_image(data, max_pixels=policy.max_pixels, uri=uri).rgb)
     except Exception as exc:  # noqa: BLE001 - a decoder's failure on one source never ends the audit
         return unverified("unreadable", f"source unreadable: {uri}: {one_line(exc)}")
-    if fitted.fit != recorded:
-        return unverified("unreadable", f"source unreadable: {uri}: it fits as {fitted.fit.to_json()}, "
-                                        f"not as recorded at encode time ({recorded.to_json()})")
-    return fitted.tensor, None
+    height, width = pixels.original.shape[:2]
+    want = (row.get("width"), row.get("height"))
+    if None not in want and want != (width, height):
+        return unverified("unreadable", f"source unreadable: {uri}: it decodes as {width}×{height}, not as recorded "
+                                        f"at encode time ({want[0]}×{want[1]})")
+    return pixels, None
 
 
 def one_line(exc: BaseException) -> str:

@@ -20,12 +20,19 @@ CODER_ALIASES: dict[str, str] = {"arithmetic": "range"}
 WIRE_CODERS: tuple[str, ...] = ("ans", "range")  # what a payload header can record (see ``bitstream``)
 DEFAULT_CODER: CoderName = "ans"
 
-DEFAULT_PROFILE = "balanced"
 AUTO_PROFILE = "auto"  # bits chosen per layer to meet a size (or W-space error) target
-PROFILE_NAMES: tuple[str, ...] = (*PRESETS, AUTO_PROFILE)
+# Bits chosen per layer on the calibration set so the quantized latents cost at most a small PSNR
+# loss against the encoder's own (unquantized) reconstruction: the allocation "matched" to the
+# encoder's error (``sg3archive.pipeline.rate_control``). Where nothing can measure it (the codec
+# fitted alone, with no generator), it resolves to the guide's table ``GUIDE_PROFILE``.
+MATCHED_PROFILE = "matched"
+GUIDE_PROFILE = "balanced"  # the guide's default table (the default before rate control)
+DEFAULT_PROFILE = MATCHED_PROFILE
+PROFILE_NAMES: tuple[str, ...] = (*PRESETS, AUTO_PROFILE, MATCHED_PROFILE)
+FITTED_PROFILES: tuple[str, ...] = (AUTO_PROFILE, MATCHED_PROFILE)  # allocations chosen when a codec is fitted
 
 assert set(CODER_NAMES) == set(WIRE_CODERS) | set(CODER_ALIASES)
-assert DEFAULT_PROFILE in PRESETS
+assert GUIDE_PROFILE in PRESETS and DEFAULT_PROFILE in PROFILE_NAMES
 
 
 def canonical_coder(name: str) -> str:
@@ -36,12 +43,15 @@ def canonical_coder(name: str) -> str:
 
 
 def check_profile(profile: object, *, allow_auto: bool = True) -> str | int | list[int]:
-    """``profile`` if it names an allocation (a preset, ``"auto"``, uniform bits in 1..16, or a
-    list of bits per layer each in 1..16); else ValueError saying what would do."""
+    """``profile`` if it names an allocation (a preset, ``"auto"``, ``"matched"``, uniform bits in
+    1..16, or a list of bits per layer each in 1..16); else ValueError saying what would do.
+
+    ``allow_auto=False``: the names a table can be resolved for without fitting (the presets and
+    ``"matched"``, whose table alone is the guide's)."""
     if isinstance(profile, bool):
         raise ValueError("profile must be a preset name, an int or a list of ints, not a bool (true/false)")
     if isinstance(profile, str):
-        names = PROFILE_NAMES if allow_auto else tuple(PRESETS)
+        names = PROFILE_NAMES if allow_auto else (*PRESETS, MATCHED_PROFILE)
         if profile not in names:
             raise ValueError(f"unknown profile {profile!r}; use one of {sorted(names)}, "
                              f"an int ({MIN_BITS}-{MAX_BITS}) or a list of bits per layer")
@@ -60,5 +70,5 @@ def check_profile(profile: object, *, allow_auto: bool = True) -> str | int | li
     raise ValueError(f"profile must be a preset name, 'auto', an int or a list of ints, not {profile!r}")
 
 
-__all__ = ["AUTO_PROFILE", "CODER_ALIASES", "CODER_NAMES", "DEFAULT_CODER", "DEFAULT_PROFILE", "PROFILE_NAMES",
-           "WIRE_CODERS", "CoderName", "canonical_coder", "check_profile"]
+__all__ = ["AUTO_PROFILE", "CODER_ALIASES", "CODER_NAMES", "DEFAULT_CODER", "DEFAULT_PROFILE", "FITTED_PROFILES",
+           "GUIDE_PROFILE", "MATCHED_PROFILE", "PROFILE_NAMES", "WIRE_CODERS", "CoderName", "canonical_coder", "check_profile"]

@@ -37,13 +37,18 @@ def layer_groups(num_ws: int) -> list[list[int]]:
 
 
 def resolve_bits(profile: str | int | Sequence[int], num_ws: int) -> tuple[str, list[int]]:
-    """``(profile name, bits per layer)`` for a preset name, a uniform int, or an explicit list."""
-    from sg3archive.codec.names import check_profile  # the one profile check (names imports this module)
+    """``(profile name, bits per layer)`` for a preset name, a uniform int, or an explicit list.
+
+    ``"matched"`` resolves to the guide's table under its own name: its measured allocation is
+    chosen by the pipeline, which has the generator (``sg3archive.pipeline.rate_control``); the
+    codec alone has nothing to measure with.
+    """
+    from sg3archive.codec.names import GUIDE_PROFILE, check_profile  # the one profile check (names imports this)
 
     if isinstance(profile, (str, bool)):
         check_profile(profile, allow_auto=False)  # "auto" is fitted (``model.fit_model``), never resolved here
     if isinstance(profile, str):
-        per_group = PRESETS[profile]
+        per_group = PRESETS.get(profile, PRESETS[GUIDE_PROFILE])
         return profile, [per_group[guide_group(layer, num_ws)] for layer in range(num_ws)]
     if isinstance(profile, int):
         bits = [profile] * num_ws

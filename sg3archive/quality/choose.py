@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from sg3archive.images import FitInfo, thumbnail, to_tensor, unfit
-from sg3archive.images.classical import CLASSICAL_CODECS, ClassicalCoding, encode_rgb, smallest_meeting
+from sg3archive.images.classical import CLASSICAL_CODECS, ClassicalCoding, decode_rgb, encode_rgb, smallest_meeting
 from sg3archive.images.restored import restored_mode, to_restored_image
 from sg3archive.metrics.fidelity import Fidelity, lpips_uint8, measure_fidelity, ms_ssim_uint8, psnr_uint8
 from sg3archive.quality.contract import QualityContract
@@ -181,14 +181,15 @@ class Chooser:
     def _fallback(self, original: np.ndarray, source_mode: str, latent: Candidate | None) -> Candidate:
         """Nothing allowed meets the contract: the allowed candidate with the best fidelity."""
         tried: list[Candidate] = [latent] if latent is not None else []
-        if "classical" in self.representations:
-            codec = CLASSICAL_CODECS[0]
-            data = encode_rgb(original, codec, FALLBACK_QUALITY)
-            from sg3archive.images.classical import decode_rgb
-
-            fidelity = self.measure(original, as_written(decode_rgb(data), source_mode))
+        for codec in CLASSICAL_CODECS if "classical" in self.representations else ():
+            try:
+                data = encode_rgb(original, codec, FALLBACK_QUALITY)
+                fidelity = self.measure(original, as_written(decode_rgb(data), source_mode))
+            except (RuntimeError, ValueError, OSError):  # the codec refuses this size: the next one
+                continue
             tried.append(Candidate("classical", data=data, codec=codec, quality=FALLBACK_QUALITY, fidelity=fidelity,
                                    met=self.meets(fidelity)))
+            break
         if not tried:
             raise ValueError("no representation to fall back to")
         return max(tried, key=lambda c: (c.fidelity.psnr, c.fidelity.ms_ssim))
