@@ -17,8 +17,8 @@ CPU is ~0.3-0.5 s an image, 1024² seconds):
    end (``N`` images); a miss or a wide margin rescales the budget of the prediction and the
    search runs again, at most :data:`MAX_CHECKS` checks.
 
-Bound: ``N·(1 + MAX_CHECKS) + SENSITIVITY_CODES·num_ws`` synthesized images, 32·4 + 2·16 = 160
-for StyleGAN3's 16 layers (about 1-2 min at 64² and ~10 min at 1024² on two CPU cores).
+Bound: ``N·(1 + MAX_CHECKS) + SENSITIVITY_CODES·num_ws`` synthesized images, 16·4 + 2·16 = 96
+for StyleGAN3's 16 layers (seconds at 64² and several minutes at 1024² on two CPU cores).
 Deterministic: fixed seeds, and the same inputs give the same choice.
 """
 
@@ -36,8 +36,8 @@ from sg3archive.codec import quantize as qz
 from sg3archive.codec.model import SPREAD_SIGMAS
 from sg3archive.codec.profiles import MAX_BITS, MIN_BITS
 
-MAX_EVAL_IMAGES = 32  # evaluation images the loss is measured on
-MIN_EVAL_IMAGES = 16  # fewer collection images than this are topped up with generator images
+MAX_EVAL_IMAGES = 16  # evaluation images the loss is measured on
+MIN_EVAL_IMAGES = 8  # fewer collection images than this are topped up with generator images
 SENSITIVITY_CODES = 2  # codes each layer's sensitivity is measured on
 MAX_CHECKS = 3  # end-to-end checks of candidate allocations
 DEFAULT_MAX_LOSS_DB = 0.1
