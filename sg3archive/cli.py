@@ -395,7 +395,7 @@ def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
 
 
-COMPRESS_FIELDS = ["pattern", "network", "encoder", "profile", "target_bytes", "coder", "fit", "shard_size",
+COMPRESS_FIELDS = ["pattern", "network", "encoder", "profile", "target_bytes", "max_quantization_loss", "coder", "fit", "shard_size",
                    "batch_size", "device", "refine_steps", "calibration_images", "max_pixels", "lpips", "quality",
                    "representations", "escalation_steps", "escalation_budget", "baseline_images"]
 COMPRESS_FLAGS = {

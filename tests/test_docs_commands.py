@@ -47,6 +47,14 @@ PLAN: dict[str, object] = {
                 ".venv/bin/sg3archive restore out/archive out/restored",
                 "the install already happened (this test runs inside it); the rest as written"),
     ".venv/bin/python -m pytest -q": skip("the test suite itself"),
+    # README.md: the quality contract
+    "sg3archive compress photos/ out/archive-30db --min-psnr 30":
+        skip("run by tests/test_quality_contract.py on generator images and real photographs of odd sizes, with "
+             "every restored image checked at its original size"),
+    "sg3archive compress photos/ out/archive-hq --quality high":
+        skip("named contracts through the CLI: tests/test_quality_contract.py (lossless, none)"),
+    "sg3archive compress photos/ out/archive-lat --representations latent --quality none":
+        skip("run by tests/test_quality_contract.py::test_representations_latent_stores_only_payloads"),
     # README.md: networks
     "sg3archive compress s3://bucket/photos/ s3://bucket/archive --device cuda": skip("needs a bucket and a GPU"),
     "sg3archive inspect s3://bucket/archive": skip("needs a bucket"),

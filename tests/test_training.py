@@ -161,7 +161,7 @@ def test_real_images_train_and_bad_files_are_skipped(t64, tmp_path) -> None:
     shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "images", folder)
     (folder / "broken.png").write_bytes(b"not a png")
     real = RealImages(str(folder), t64.img_resolution)
-    assert len(real.urls) == 11
+    assert len(real.urls) == 14  # 10 textures, 3 photos, 1 broken file
     x = real(40, torch.Generator().manual_seed(0))
     assert x.shape == (40, 3, 64, 64) and -1 <= float(x.min()) and float(x.max()) <= 1
     assert list(real.bad) == [next(u for u in real.urls if u.endswith("broken.png"))]

@@ -21,6 +21,8 @@ WIRE_CODERS: tuple[str, ...] = ("ans", "range")  # what a payload header can rec
 DEFAULT_CODER: CoderName = "ans"
 
 AUTO_PROFILE = "auto"  # bits chosen per layer to meet a size (or W-space error) target
+# Profile matched: the most mean PSNR (dB) quantization may cost against the encoder's own reconstruction.
+DEFAULT_MAX_LOSS_DB = 0.1
 # Bits chosen per layer on the calibration set so the quantized latents cost at most a small PSNR
 # loss against the encoder's own (unquantized) reconstruction: the allocation "matched" to the
 # encoder's error (``sg3archive.pipeline.rate_control``). Where nothing can measure it (the codec

@@ -25,7 +25,6 @@ from sg3archive.images import ImageRejected, iter_sources, load_fitted, read_byt
 from sg3archive.pipeline.encode import encode_latents
 from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.pipeline.rate_control import (
-    DEFAULT_MAX_LOSS_DB,
     MAX_EVAL_IMAGES,
     MIN_EVAL_IMAGES,
     RateChoice,
@@ -97,7 +96,7 @@ def choose_matched_bits(job: CompressJob, models: Any, images: list[torch.Tensor
                         ws: torch.Tensor) -> RateChoice:
     """Rate control of profile ``matched`` on :func:`evaluation_set`; candidates fitted on ``ws``."""
     x_eval, ws_eval = evaluation_set(job, models, images, encoded)
-    max_loss = float(getattr(job, "max_quantization_loss", DEFAULT_MAX_LOSS_DB))
+    max_loss = job.max_quantization_loss
     return choose_bits(models.G, ws, ws_eval, x_eval, max_loss_db=max_loss, batch_size=job.batch_size)
 
 

@@ -22,7 +22,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sg3archive import __version__
 from sg3archive.audit.thresholds import Thresholds
-from sg3archive.codec.names import AUTO_PROFILE, DEFAULT_CODER, DEFAULT_PROFILE, PROFILE_NAMES, CoderName, check_profile
+from sg3archive.codec.names import (
+    AUTO_PROFILE,
+    DEFAULT_CODER,
+    DEFAULT_MAX_LOSS_DB,
+    DEFAULT_PROFILE,
+    PROFILE_NAMES,
+    CoderName,
+    check_profile,
+)
 from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.images import DEFAULT_FIT, DEFAULT_MAX_PIXELS, FitMode
@@ -97,6 +105,9 @@ class CompressJob(_Spec):
         f"codec profile: {', '.join(PROFILE_NAMES)} (with target_bytes), uniform bits (1-16), or bits per layer"))
     target_bytes: float | None = Field(default=None, gt=0, description="with profile auto: payload bytes per image the "
                                                                        "codec's bit allocation aims at")
+    max_quantization_loss: float = Field(default=DEFAULT_MAX_LOSS_DB, gt=0, le=10, description=(
+        "with profile matched: the most mean PSNR (dB) quantization may cost against the encoder's own "
+        "reconstruction on the calibration set"))
     coder: CoderName = Field(default=DEFAULT_CODER, description="entropy coder (arithmetic = range)")
     fit: FitMode = Field(default=DEFAULT_FIT, description="how images are fitted to the generator's square")
     shard_size: int = Field(default=256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")

@@ -34,13 +34,13 @@ import torch
 from sg3archive.codec import LatentCodec
 from sg3archive.codec import quantize as qz
 from sg3archive.codec.model import SPREAD_SIGMAS
+from sg3archive.codec.names import DEFAULT_MAX_LOSS_DB
 from sg3archive.codec.profiles import MAX_BITS, MIN_BITS
 
 MAX_EVAL_IMAGES = 16  # evaluation images the loss is measured on
 MIN_EVAL_IMAGES = 8  # fewer collection images than this are topped up with generator images
 SENSITIVITY_CODES = 2  # codes each layer's sensitivity is measured on
 MAX_CHECKS = 3  # end-to-end checks of candidate allocations
-DEFAULT_MAX_LOSS_DB = 0.1
 NOISE_SCALE = 0.1  # sensitivity noise, as a fraction of W's per-value standard deviation
 _T_GRID = np.arange(MAX_BITS + 4, MIN_BITS - 8, -0.125)  # candidate offsets t, fine → coarse
 
