@@ -60,7 +60,8 @@ def main() -> None:
     for profile in args.profiles.split(","):
         archive, restored = work / f"archive_{profile}", work / f"restored_{profile}"
         if not archive.exists():
-            run(CLI, "compress", str(images), str(archive), "--profile", profile, "--device", "cpu", "--json")
+            run(CLI, "compress", str(images), str(archive), "--profile", profile, "--device", "cpu",
+                "--representations", "latent", "--quality", "none", "--baseline-images", "0", "--json")
         if not restored.exists():
             run(CLI, "restore", str(archive), str(restored))
         sizes = payload_bytes(archive)

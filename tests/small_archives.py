@@ -12,8 +12,10 @@ from sg3archive.pipeline.jobs import CompressJob
 from sg3archive.store.archive import ArchiveStore
 
 # Archives whose rows must all be latent (tests of the payload path: codec, synthesis, thumbnails): the
-# latent representation only, under no contract (the default contract would store noise images as files).
-LATENT_ONLY = {"representations": ["latent"], "quality": "none"}
+# latent representation only, under no contract (the default contract would store noise images as files),
+# with the guide's table (these tests are about the archive, not the rate control of profile matched,
+# which tests/test_rate_control.py and tests/test_quality_contract.py run).
+LATENT_ONLY = {"representations": ["latent"], "quality": "none", "profile": "balanced"}
 
 THREE_SOURCES = {"a.png": (64, 48), "b.jpg": (48, 64), "c.png": (64, 64)}  # name -> (width, height)
 

@@ -128,12 +128,16 @@ def test_readme_main_job_compress_inspect_restore(tmp_path) -> None:
     runner = CliRunner()
     res = runner.invoke(cli, ["compress", str(samples), str(tmp_path / "archive"), "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert "10 images archived" in res.output and "0 failed" in res.output and "ratio vs source" in res.output
+    assert "13 images archived" in res.output and "0 failed" in res.output and "ratio vs source" in res.output
+    # the contract, the fidelity at the original size, the AVIF baseline, and each image's representation
+    assert "contract: standard" in res.output and "fidelity at original size" in res.output
+    assert "than AVIF at equal quality" in res.output
+    assert "photos/coffee_320x240.jpg: " in res.output and "texture_00.png: " in res.output
     res = runner.invoke(cli, ["inspect", str(tmp_path / "archive"), "--json"])
     info = _json.loads(res.output)
-    assert info["images"] == 10 and info["failures"] == 0
+    assert info["images"] == 13 and info["failures"] == 0
     res = runner.invoke(cli, ["restore", str(tmp_path / "archive"), str(tmp_path / "restored"), "--device", "cpu"])
-    assert res.exit_code == 0 and "10 images restored" in res.output
+    assert res.exit_code == 0 and "13 images restored" in res.output
     restored = {p.relative_to(tmp_path / "restored").as_posix() for p in (tmp_path / "restored").rglob("*.*")}
     assert restored == {p.relative_to(samples).with_suffix(".png").as_posix() for p in samples.rglob("*.*")}
     res = runner.invoke(cli, ["compress", str(samples), str(tmp_path / "archive"), "--profile", "high_quality"])

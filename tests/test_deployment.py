@@ -481,13 +481,13 @@ def test_readme_commands_run_as_written(tmp_path):
     finally:
         shell.stop()
 
-    # compress: 10 images, 4 per shard; the second compress (the manifest) resumed the archive and
-    # skipped every image, so nothing is there twice
+    # compress: 13 images (10 textures, 3 photos), 4 per shard; the second compress (the manifest)
+    # resumed the archive and skipped every image, so nothing is there twice
     store = ArchiveStore.open(str(root / "out" / "archive"))
     shards = store.manifest().shards_of("images")
-    assert len(shards) == 3
+    assert len(shards) == 4
     assert all(store.fs.isfile(store.shard_path(s.name)) for s in shards)
-    assert sum(s.rows for s in shards) == store.read_table("images").num_rows == 10
+    assert sum(s.rows for s in shards) == store.read_table("images").num_rows == 13
     # audit: one record, passed, 8 rows sampled
     (record,) = sorted((root / "out" / "archive" / "_audit").glob("*.parquet"))
     (row,) = pq.read_table(record).to_pylist()

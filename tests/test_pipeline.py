@@ -30,6 +30,7 @@ SAMPLES = REPO / "examples" / "images"
 
 
 def job(src, dest, **kw) -> CompressJob:
+    kw.setdefault("profile", "balanced")  # the pipeline, not rate control (tests/test_rate_control.py)
     return CompressJob(source=str(src), destination=str(dest), device="cpu", calibration_images=8, **kw)
 
 

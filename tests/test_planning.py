@@ -48,7 +48,7 @@ NOT_UTF8 = os.fsdecode(b"caf\xe9.png")
 
 def job(src: Path, dest: Path, **kw) -> CompressJob:
     values = dict(source=str(src), destination=str(dest), device="cpu", calibration_images=4, shard_size=3,
-                  batch_size=4)
+                  batch_size=4, profile="balanced")  # planning, not rate control (tests/test_rate_control.py)
     return CompressJob.model_validate({**values, **kw})
 
 
