@@ -89,7 +89,7 @@ def test_messy_folder_completes_and_records_every_bad_file(archived) -> None:
     assert "Mpx" in reasons["bomb.png"] or "limit" in reasons["bomb.png"]
     assert info["images"] == good and info["orphans"] == []
     assert info["settings"]["num_ws"] == 16 and len(info["settings"]["bits"]) == 16
-    assert info["mean_psnr"] > 15
+    assert info["quality"]["fidelity"]["psnr_worst"] > 15  # restored vs original at the original size
 
 
 def test_archive_reads_back_with_plain_pyarrow_and_duckdb(archived) -> None:

@@ -294,13 +294,16 @@ def test_lpips_is_recorded_per_row_when_asked(folder, tmp_path, lpips_weights_di
     dest = tmp_path / "archive"
     with_lpips = compress(job(folder, dest, lpips=True, shard_size=8), progress=False)
     assert with_lpips.images == 10
-    rows = ArchiveStore.open(str(dest)).read_table("images", columns=["lpips", "psnr"]).to_pylist()
-    assert all(r["lpips"] is not None and math.isfinite(r["lpips"]) and 0 <= r["lpips"] <= 1 for r in rows)
-    assert len({round(r["lpips"], 6) for r in rows}) > 1  # measured per image
+    rows = ArchiveStore.open(str(dest)).read_table("images", columns=["fidelity_lpips", "lpips",
+                                                                      "representation"]).to_pylist()
+    # at the original size on every row; the generator-square diagnostic on latent rows
+    assert all(r["fidelity_lpips"] is not None and 0 <= r["fidelity_lpips"] <= 1 for r in rows)
+    assert len({round(r["fidelity_lpips"], 6) for r in rows}) > 1  # measured per image
+    assert all((r["lpips"] is not None and math.isfinite(r["lpips"])) == (r["representation"] == "latent") for r in rows)
     plain = tmp_path / "plain"
     compress(job(folder, plain, shard_size=8), progress=False)
-    assert all(r["lpips"] is None for r in ArchiveStore.open(str(plain)).read_table("images", columns=["lpips"])
-               .to_pylist())
+    assert all(r["lpips"] is None and r["fidelity_lpips"] is None for r in ArchiveStore.open(str(plain)).read_table(
+        "images", columns=["lpips", "fidelity_lpips"]).to_pylist())
 
 
 def test_flow_from_a_manifest_with_overrides_removes_its_plans(prefect_harness, tmp_path) -> None:
@@ -312,5 +315,5 @@ def test_flow_from_a_manifest_with_overrides_removes_its_plans(prefect_harness, 
     state = compress_flow(manifest=str(manifest), overrides={"shard_size": 5}, return_state=True)
     assert state.is_completed(), state
     summary = state.result()
-    assert summary["images"] == 10 and summary["shards"] == 2  # the override's shard size, not the manifest's
+    assert summary["images"] == 13 and summary["shards"] == 3  # the override's shard size, not the manifest's
     assert not (dest / PLANS_DIR).exists()

@@ -16,6 +16,7 @@ import pytest
 import safetensors.torch
 import torch
 from click.testing import CliRunner
+from small_archives import LATENT_ONLY
 
 from sg3archive.assets import default_encoder_url, default_network_url
 from sg3archive.codec import LatentCodec
@@ -363,7 +364,8 @@ def test_compress_refuses_another_encoder_at_open(tmp_path, small_sources, other
 def _compress_when_both_ready(src: str, dest: str, calibration: int, barrier) -> None:
     from sg3archive.pipeline.compress import compress
 
-    job = CompressJob.model_validate(dict(source=src, destination=dest, device="cpu", calibration_images=calibration))
+    job = CompressJob.model_validate(dict(source=src, destination=dest, device="cpu", calibration_images=calibration,
+                                          **LATENT_ONLY))  # every row a payload: each is decoded below
     barrier.wait(timeout=300)
     compress(job, progress=False)
 
