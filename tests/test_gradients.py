@@ -37,8 +37,9 @@ def _probe(shape: torch.Size, dtype: torch.dtype) -> torch.Tensor:
     return torch.sin(torch.arange(int(torch.Size(shape).numel()), dtype=dtype) * 0.37).reshape(shape)
 
 
-def _grads(fn, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = fn()
+def _grads(fn, args: tuple, inputs: list[torch.Tensor], **kwargs) -> list[torch.Tensor]:
+    """Gradients of ``<probe, fn(*args, **kwargs)>`` w.r.t. ``inputs``."""
+    out = fn(*args, **kwargs)
     return list(torch.autograd.grad(out, inputs, _probe(out.shape, out.dtype)))
 
 
@@ -52,8 +53,7 @@ def test_modulated_conv_gradients_equal_the_reference_in_float64(demodulate: boo
     styles = torch.randn([3, 8], generator=gen, dtype=dt).requires_grad_(True)
     gain = torch.tensor(0.8, dtype=dt).requires_grad_(True)
     inputs = [x, styles, gain] + ([weight] if weight_grad else [])
-    found = [_grads(lambda: ops.modulated_conv2d(x, weight, styles, demodulate, 1, gain), inputs)
-             for ops in (fast, reference)]
+    found = [_grads(ops.modulated_conv2d, (x, weight, styles, demodulate, 1, gain), inputs) for ops in (fast, reference)]
     for name, a, b in zip(["x", "styles", "input_gain", "weight"], *found):
         assert _rel(a, b) < 1e-12, name
 
@@ -69,11 +69,11 @@ def test_filtered_lrelu_gradients_equal_the_reference_in_float64(up: int, down: 
     x = (2 * torch.randn([2, 12, 14, 14], generator=gen, dtype=dt)).requires_grad_(True)
     b = torch.randn([12], generator=gen, dtype=dt).requires_grad_(True)
     args = dict(up=up, down=down, padding=[11, 10, 9, 12], gain=1.4, slope=0.2, clamp=2.5)
-    found = [_grads(lambda: ops.filtered_lrelu(x, fu, fd, b, **args), [x, b]) for ops in (fast, reference)]
+    found = [_grads(ops.filtered_lrelu, (x, fu, fd, b), [x, b], **args) for ops in (fast, reference)]
     for name, a, c in zip(["x", "b"], *found):
         assert _rel(a, c) < 1e-12, name
     # The clamp cuts somewhere (or its gradient would not be tested).
-    unclamped = _grads(lambda: fast.filtered_lrelu(x, fu, fd, b, **{**args, "clamp": None}), [x])[0]
+    unclamped = _grads(fast.filtered_lrelu, (x, fu, fd, b), [x], **{**args, "clamp": None})[0]
     assert _rel(unclamped, found[0][0]) > 1e-3
 
 
@@ -118,18 +118,6 @@ def full_size() -> dict[str, Generator]:
 FULL_SIZE_LAYERS = [0, 3, 14]
 
 
-def _layer_in_float64(layer, x: torch.Tensor, w: torch.Tensor, ops) -> torch.Tensor:
-    """``SynthesisLayer.forward`` (which computes in float32) written out in float64."""
-    styles = layer.affine(w)
-    if layer.is_torgb:
-        styles = styles / (layer.in_channels * layer.conv_kernel**2) ** 0.5
-    y = ops.modulated_conv2d(x, layer.weight, styles, demodulate=not layer.is_torgb, padding=layer.conv_kernel - 1,
-                             input_gain=layer.magnitude_ema.rsqrt())
-    return ops.filtered_lrelu(y, layer.up_filter, layer.down_filter, layer.bias, up=layer.up_factor,
-                              down=layer.down_factor, padding=layer.padding, gain=1 if layer.is_torgb else 2**0.5,
-                              slope=1 if layer.is_torgb else 0.2, clamp=layer.conv_clamp)
-
-
 @pytest.mark.parametrize("config", ["stylegan3-t", "stylegan3-r"])
 def test_full_size_layer_gradients_match_the_reference(full_size: dict[str, Generator], config: str) -> None:
     """Layers of a full-size network at 256² (the official channel counts, filters and padding),
@@ -142,16 +130,17 @@ def test_full_size_layer_gradients_match_the_reference(full_size: dict[str, Gene
                         dtype=torch.float64).requires_grad_(True)
         w = torch.randn([1, S.w_dim], generator=gen, dtype=torch.float64).requires_grad_(True)
         inputs = [x, w, layer.weight, layer.bias, layer.affine.weight, layer.affine.bias]
-        found = [_grads(lambda: _layer_in_float64(layer, x, w, ops), inputs) for ops in (fast, reference)]
+        found = [_grads(layer, (x, w), inputs, impl=impl) for impl in ("fast", "reference")]
         layer.float().requires_grad_(False)
         for name, a, b in zip(["x", "w", "weight", "bias", "affine.weight", "affine.bias"], *found):
             assert _rel(a, b) <= 1e-10, f"{S.layer_names[index]} {name}: {_rel(a, b):.2e}"
 
 
-def test_fast_backward_keeps_one_tensor_per_op() -> None:
+@pytest.mark.parametrize("config", ["stylegan3-t", "stylegan3-r"])
+def test_fast_backward_keeps_one_tensor_per_op(config: str) -> None:
     """What autograd keeps for the backward pass: about one layer-output-sized tensor per layer
     (the reference path keeps every up-sampled intermediate, several times more)."""
-    G = random_generator("stylegan3-t", 64, channel_base=2048, channel_max=64, seed=0, calibrate=False)
+    G = random_generator(config, 64, channel_base=2048, channel_max=64, seed=0, calibrate=False)
     ws = G.mapping(torch.randn([1, G.z_dim], generator=torch.Generator().manual_seed(0)), None).detach()
 
     def kept_bytes(impl: str) -> int:
@@ -172,16 +161,74 @@ def test_fast_backward_keeps_one_tensor_per_op() -> None:
     assert kept_bytes("fast") < 1.5 * outputs < kept_bytes("reference") / 3
 
 
-def test_changing_a_rebuilt_tensor_in_place_raises() -> None:
-    """The backward pass rebuilds a layer's input instead of keeping it; changing that input in
-    place in between would silently change the gradient, so it raises instead."""
+@pytest.mark.parametrize("kernel", [3, 1])
+def test_changing_a_rebuilt_tensor_in_place_raises(kernel: int) -> None:
+    """The backward pass rebuilds a tensor instead of keeping it (a 3×3 convolution's input, a 1×1
+    convolution's output); changing it in place in between would silently change the gradient,
+    so it raises instead."""
     gen = torch.Generator().manual_seed(5)
     fu = design_lowpass_filter(12, 8, 4, 64)
     x = torch.randn([1, 8, 12, 12], generator=gen).requires_grad_(True)
     y = fast.filtered_lrelu(x * 1.0, fu, fu, None, up=2, down=2, padding=[11, 10, 11, 10])
-    out = fast.modulated_conv2d(y, torch.randn([4, 8, 3, 3], generator=gen), torch.randn([1, 8], generator=gen),
-                                padding=1)
-    with torch.no_grad():
-        y.mul_(2)  # autograd keeps no copy of y, so only the rebuild's own check can notice
+    z = fast.modulated_conv2d(y, torch.randn([8, 8, kernel, kernel], generator=gen),
+                              torch.randn([1, 8], generator=gen), padding=kernel // 2)
+    out = fast.filtered_lrelu(z, fu, fu, None, up=2, down=2, padding=[11, 10, 11, 10])
+    with torch.no_grad():  # autograd keeps no copy of the rebuilt tensor: only the rebuild can notice
+        (y if kernel == 3 else z).mul_(2)
     with pytest.raises(RuntimeError, match="modified in place"):
         out.sum().backward()
+
+
+@pytest.fixture(scope="module")
+def small() -> Generator:
+    return random_generator("stylegan3-r", 64, channel_base=2048, channel_max=64, seed=2)
+
+
+def _ws_grad(G: Generator, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    w = ws.clone().requires_grad_(True)
+    img = G.synthesis(w)
+    return img.detach(), torch.autograd.grad(img, w, _probe(img.shape, img.dtype))[0]
+
+
+def test_activation_checkpointing_changes_nothing_but_when_layers_run(small: Generator) -> None:
+    ws = small.mapping(torch.randn([2, small.z_dim], generator=torch.Generator().manual_seed(1)), None).detach()
+    img, grad = _ws_grad(small, ws)
+    small.synthesis.checkpoint_resolution = 32
+    try:
+        img_ck, grad_ck = _ws_grad(small, ws)
+    finally:
+        small.synthesis.checkpoint_resolution = 0
+    assert torch.equal(img, img_ck) and _rel(grad_ck, grad) < 1e-6
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_runs_forward_and_backward_with_float32_output(small: Generator, precision: str) -> None:
+    """Autocast reaches the fast ops' backward passes too (no dtype clash); the output stays float32."""
+    ws = small.mapping(torch.randn([2, small.z_dim], generator=torch.Generator().manual_seed(1)), None).detach()
+    img, grad = _ws_grad(small, ws)
+    small.synthesis.precision = precision
+    try:
+        img_mp, grad_mp = _ws_grad(small, ws)
+    finally:
+        small.synthesis.precision = "float32"
+    assert img_mp.dtype == torch.float32 and grad_mp.dtype == torch.float32
+    assert torch.isfinite(grad_mp).all() and 0 < (img_mp - img).abs().max() < 0.1
+    assert float(torch.nn.functional.cosine_similarity(grad_mp.flatten(), grad.flatten(), dim=0)) > 0.5
+
+
+def test_unknown_precision_is_refused(small: Generator) -> None:
+    small.synthesis.precision = "float8"
+    try:
+        with pytest.raises(ValueError, match="unknown precision 'float8'"):
+            small.synthesis(torch.zeros([1, small.num_ws, small.w_dim]))
+    finally:
+        small.synthesis.precision = "float32"
+
+
+def test_losses_pool_large_images_to_the_loss_resolution() -> None:
+    from sg3archive.training.trainer import pooled
+
+    x = torch.arange(2 * 3 * 100 * 60, dtype=torch.float32).reshape(2, 3, 100, 60)
+    assert pooled(x, 0) is x and pooled(x, 100) is x
+    y = pooled(x, 40)  # factor 3 (the smallest that brings 100 to <= 40), partial windows averaged
+    assert y.shape == (2, 3, 34, 20) and torch.allclose(y[0, 0, 0, 0], x[0, 0, :3, :3].mean())

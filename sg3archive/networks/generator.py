@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from sg3archive.networks.layers import FullyConnectedLayer, normalize_2nd_moment
 from sg3archive.ops import fast, reference
 from sg3archive.ops.filters import design_lowpass_filter
 
 IMPLS = ("fast", "reference")
+PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _check_impl(impl: str) -> str:
@@ -150,12 +152,12 @@ class SynthesisInput(torch.nn.Module):
         # Rotation and translation from the first W: t = (cos, sin, tx, ty) after normalization.
         t = self.affine(w)
         t = t / t[:, :2].norm(dim=1, keepdim=True)
-        m_r = torch.eye(3, device=w.device).unsqueeze(0).repeat([n, 1, 1])
+        m_r = torch.eye(3, device=w.device, dtype=w.dtype).unsqueeze(0).repeat([n, 1, 1])
         m_r[:, 0, 0] = t[:, 0]
         m_r[:, 0, 1] = -t[:, 1]
         m_r[:, 1, 0] = t[:, 1]
         m_r[:, 1, 1] = t[:, 0]
-        m_t = torch.eye(3, device=w.device).unsqueeze(0).repeat([n, 1, 1])
+        m_t = torch.eye(3, device=w.device, dtype=w.dtype).unsqueeze(0).repeat([n, 1, 1])
         m_t[:, 0, 2] = -t[:, 2]
         m_t[:, 1, 2] = -t[:, 3]
         transforms = m_r @ m_t @ transforms
@@ -166,7 +168,7 @@ class SynthesisInput(torch.nn.Module):
         amplitudes = (1 - (freqs.norm(dim=2) - self.bandwidth) / (self.sampling_rate / 2 - self.bandwidth)).clamp(0, 1)
 
         # Sample the sinusoids on the pixel grid, then mix channels.
-        theta = torch.eye(2, 3, device=w.device)
+        theta = torch.eye(2, 3, device=w.device, dtype=w.dtype)
         theta[0, 0] = 0.5 * self.size[0] / self.sampling_rate
         theta[1, 1] = 0.5 * self.size[1] / self.sampling_rate
         grids = F.affine_grid(theta.unsqueeze(0), [1, 1, int(self.size[1]), int(self.size[0])], align_corners=False)
@@ -291,7 +293,7 @@ class SynthesisLayer(torch.nn.Module):
 
         ops = fast if impl == "fast" else reference
         x = ops.modulated_conv2d(
-            x.to(torch.float32),
+            x.to(self.weight.dtype),
             self.weight,
             styles,
             demodulate=not self.is_torgb,
@@ -352,6 +354,14 @@ class SynthesisNetwork(torch.nn.Module):
         self.output_scale = output_scale
         self.num_fp16_res = num_fp16_res
         self.impl = "fast"
+        # Activation checkpointing under autograd: layers whose output is at least this many pixels
+        # wide keep only their input and run their forward pass again during the backward pass
+        # (0 = never). Off by default: the fast ops already keep one tensor per op, and
+        # benchmarks/gradients.py measured checkpointing to save little memory for its time.
+        self.checkpoint_resolution = 0
+        # Computation precision: "float32", or "bfloat16" / "float16" autocast (mixed precision,
+        # meant for CUDA). The output is float32 either way.
+        self.precision = "float32"
 
         # Geometric progression of cutoffs and stopbands from the first to the last layer.
         last_cutoff = img_resolution / 2
@@ -405,7 +415,8 @@ class SynthesisNetwork(torch.nn.Module):
         update_emas: bool = False,
         **unused: Any,  # noise_mode, force_fp32: accepted for call compatibility, no effect.
     ) -> torch.Tensor:
-        """``ws [N, num_ws, w_dim]`` → image ``[N, img_channels, R, R]`` (float32).
+        """``ws [N, num_ws, w_dim]`` → image ``[N, img_channels, R, R]`` (float32; float64 when the
+        network was converted to float64, as gradient checks do).
 
         ``transform`` optionally places/rotates each image (see ``SynthesisInput.forward``);
         ``impl`` picks the op implementation ("fast" default, or "reference").
@@ -413,13 +424,28 @@ class SynthesisNetwork(torch.nn.Module):
         if ws.ndim != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
             raise ValueError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         impl = _check_impl(impl or self.impl)
-        w_per_layer = ws.to(torch.float32).unbind(dim=1)
-        x = self.input(w_per_layer[0], transform=transform)
-        for name, w in zip(self.layer_names, w_per_layer[1:]):
-            x = getattr(self, name)(x, w, impl=impl, update_emas=update_emas)
+        dtype = self.input.weight.dtype  # float32, or float64 for a network converted with .double()
+        w_per_layer = ws.to(dtype).unbind(dim=1)
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
+        mixed = PRECISIONS[self.precision]
+        with torch.autocast(ws.device.type, dtype=mixed, enabled=mixed != torch.float32):
+            x = self._layers(w_per_layer, transform, impl, update_emas)
         if self.output_scale != 1:
             x = x * self.output_scale
-        return x.to(torch.float32)
+        return x.to(torch.promote_types(dtype, torch.float32))
+
+    def _layers(self, w_per_layer: tuple[torch.Tensor, ...], transform: torch.Tensor | None, impl: str,
+                update_emas: bool) -> torch.Tensor:
+        x = self.input(w_per_layer[0], transform=transform)
+        checkpointing = self.checkpoint_resolution > 0 and torch.is_grad_enabled() and not update_emas
+        for name, w in zip(self.layer_names, w_per_layer[1:]):
+            layer = getattr(self, name)
+            if checkpointing and int(layer.out_size.max()) >= self.checkpoint_resolution:
+                x = torch.utils.checkpoint.checkpoint(layer, x, w, impl=impl, use_reentrant=False)
+            else:
+                x = layer(x, w, impl=impl, update_emas=update_emas)
+        return x
 
     def extra_repr(self) -> str:
         return (

@@ -95,11 +95,24 @@ def modulated_conv2d_forward(
 
 
 def _window(x: torch.Tensor, dim: int, start: int, length: int) -> torch.Tensor:
-    """Samples ``[start, start + length)`` of ``x`` along ``dim`` (-1 or -2), zeros outside."""
-    before, after = -start, start + length - x.shape[dim]
-    if before == 0 and after == 0:
+    """Samples ``[start, start + length)`` of ``x`` along ``dim`` (-1 or -2), zeros outside.
+
+    A view when the window lies inside ``x``; otherwise a new tensor in ``x``'s layout (F.pad
+    is several times slower on channels-last tensors).
+    """
+    size = x.shape[dim]
+    if start == 0 and length == size:
         return x
-    return F.pad(x, [before, after] if dim == -1 else [0, 0, before, after])
+    if start >= 0 and start + length <= size:
+        return x.narrow(dim, start, length)
+    shape = list(x.shape)
+    shape[dim] = length
+    layout = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout).zero_()
+    lo, hi = max(0, -start), min(length, size - start)
+    if hi > lo:
+        out.narrow(dim, lo, hi - lo).copy_(x.narrow(dim, start + lo, hi - lo))
+    return out
 
 
 def _per_channel(f: torch.Tensor, channels: int, shape: list[int]) -> torch.Tensor:

@@ -5,13 +5,16 @@ intermediate (and its activation and clamp masks) until the backward pass: at 10
 ten times the memory of the forward pass itself. These functions run the forward pass exactly
 as without autograd and keep one tensor per op, about the size of the layer's output:
 
-* ``FilteredLrelu`` keeps its input (the modulated convolution's output). Its backward pass
+* ``FilteredLrelu`` keeps its input (the modulated convolution's output) unless that is
+  rebuilt. Its backward pass
   walks the chunks of the forward pass, recomputes each chunk's up-sampled intermediate and
   applies the adjoint of every step (the down filter's transposed convolution, the activation's
   derivative, the up filter's strided convolution): one chunk's intermediates at a time.
-* ``ModulatedConv2d`` keeps its output. Its input is usually the previous layer's
-  ``filtered_lrelu`` output, which that op's kept input rebuilds (one forward pass of that op,
-  see ``Rebuild``); any other input is kept. Its backward pass recomputes the small tensors
+* ``ModulatedConv2d`` with a larger kernel (StyleGAN3-T) keeps its output; its input is
+  usually the previous layer's ``filtered_lrelu`` output, which that op's kept input rebuilds
+  (one forward pass of that op, see ``Rebuild``). A 1×1 convolution (StyleGAN3-R, ToRGB) is
+  cheaper to run again: it keeps its input, and its output (the next ``filtered_lrelu``'s
+  input) is rebuilt once, for both backward steps. Its backward pass recomputes the small tensors
   (normalized weight, styles, demodulation coefficients) under autograd and forms the large
   gradients directly: the transposed convolution for the input, spatial sums against the input
   (styles) and the output (demodulation), the weight-gradient convolution only when the weight
@@ -25,12 +28,14 @@ the backward pass raises, as autograd does.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+from torch.nn.grad import conv2d_weight
 
 from sg3archive.ops import fast
 
@@ -42,34 +47,64 @@ def _grad_leaf(t: torch.Tensor | None) -> torch.Tensor | None:
     return t.detach().requires_grad_(t.requires_grad)
 
 
+def _autocast_state(x: torch.Tensor) -> tuple[str, bool, torch.dtype]:
+    """The autocast state of the forward pass, for the backward pass to run under (mixed precision)."""
+    device = x.device.type
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def _autocast(state: tuple[str, bool, torch.dtype]) -> torch.autocast:
+    device, enabled, dtype = state
+    return torch.autocast(device, dtype=dtype, enabled=enabled)
+
+
 def _modified(what: str) -> RuntimeError:
     return RuntimeError(f"{what} needed for the gradient was modified in place after the forward pass")
 
 
 @dataclass
 class Rebuild:
-    """Rebuilds a fast ``filtered_lrelu`` output from that op's kept input, for a later op that
-    would otherwise keep the output too. Checks that neither tensor changed in place since."""
+    """How to rebuild an op's output in the backward pass from tensors kept anyway, instead of
+    keeping it. Checks that neither those tensors nor the output changed in place since."""
 
-    source: torch.Tensor  # the op's input (detached; the op keeps it anyway)
-    source_version: int
-    bias: torch.Tensor | None
-    bias_version: int
-    args: tuple[Any, ...]  # fu, fd, up, down, padding, gain, slope, clamp
+    compute: Callable[[], torch.Tensor]  # the op's forward pass on detached inputs
+    sources: tuple[torch.Tensor, ...]  # those inputs (detached), whose versions are checked
+    versions: tuple[int, ...]
     output: weakref.ref[torch.Tensor]
     output_version: int
+    cached: torch.Tensor | None = None  # rebuilt for one backward step, kept for the next
 
-    def __call__(self) -> torch.Tensor:
-        if self.source._version != self.source_version or (
-            self.bias is not None and self.bias._version != self.bias_version
-        ):
-            raise _modified("an input of filtered_lrelu")
-        out = self.output()
-        if out is not None and out._version != self.output_version:
-            raise _modified("the output of filtered_lrelu")
-        fu, fd, up, down, padding, gain, slope, clamp = self.args
+    @classmethod
+    def of(cls, out: torch.Tensor, compute: Callable[..., torch.Tensor], *args: Any) -> Rebuild:
+        """``out = compute(*args)``, rebuildable; tensor arguments are held detached."""
+        held = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args)
+        sources = tuple(a for a in held if isinstance(a, torch.Tensor))
+        return cls(lambda: compute(*held), sources, tuple(t._version for t in sources), weakref.ref(out), out._version)
+
+    def rebuilds(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is this rebuild's output, unchanged."""
+        return self.output() is x and x._version == self.output_version
+
+    def __call__(self, keep: bool = False) -> torch.Tensor:
+        """The output again (``keep``: also for the next caller, once)."""
+        if self.cached is not None:
+            out, self.cached = self.cached, (self.cached if keep else None)
+            return out
+        if any(t._version != v for t, v in zip(self.sources, self.versions)):
+            raise _modified("an input of a fast synthesis op")
+        alive = self.output()
+        if alive is not None and alive._version != self.output_version:
+            raise _modified("an output of a fast synthesis op")
         with torch.no_grad():
-            return fast.filtered_lrelu_forward(self.source, fu, fd, self.bias, up, down, padding, gain, slope, clamp)
+            out = self.compute()
+        if keep:
+            self.cached = out
+        return out
+
+
+def _rebuild_of(x: torch.Tensor) -> Rebuild | None:
+    rebuild = getattr(x, "_sg3archive_rebuild", None)
+    return rebuild if isinstance(rebuild, Rebuild) and rebuild.rebuilds(x) else None
 
 
 def filtered_lrelu_recorded(
@@ -84,13 +119,14 @@ def filtered_lrelu_recorded(
     slope: float,
     clamp: float | None,
 ) -> torch.Tensor:
-    """``fast.filtered_lrelu`` (with resampling) under autograd; its output knows how to be rebuilt."""
-    out = FilteredLrelu.apply(x, fu, fd, b, up, down, padding, gain, slope, clamp)
-    bias = None if b is None else b.detach()
-    out._sg3archive_rebuild = Rebuild(
-        x.detach(), x._version, bias, 0 if bias is None else bias._version,
-        (fu, fd, up, down, padding, gain, slope, clamp), weakref.ref(out), out._version,
-    )
+    """``fast.filtered_lrelu`` (with resampling) under autograd. Its input is rebuilt rather than
+    kept when it is a rebuildable modulated-convolution output; otherwise it is kept, and the
+    output can be rebuilt from it."""
+    source = _rebuild_of(x)
+    out = FilteredLrelu.apply(x, fu, fd, b, up, down, padding, gain, slope, clamp, source)
+    if source is None:
+        out._sg3archive_rebuild = Rebuild.of(out, fast.filtered_lrelu_forward, x, fu, fd, b, up, down, padding,
+                                             gain, slope, clamp)
     return out
 
 
@@ -102,19 +138,24 @@ def modulated_conv2d_recorded(
     padding: int,
     input_gain: torch.Tensor | None,
 ) -> torch.Tensor:
-    """``fast.modulated_conv2d`` under autograd, rebuilding its input in the backward pass when
-    it is an unchanged ``filtered_lrelu`` output."""
-    rebuild = getattr(x, "_sg3archive_rebuild", None)
-    if rebuild is not None and (rebuild.output() is not x or rebuild.output_version != x._version):
-        rebuild = None
-    return ModulatedConv2d.apply(x, weight, styles, demodulate, padding, input_gain, rebuild)
+    """``fast.modulated_conv2d`` under autograd. A 1×1 convolution (StyleGAN3-R, every ToRGB
+    layer) is cheaper to run again than the previous layer's ``filtered_lrelu``: it keeps its
+    input and its output is rebuilt. A larger one keeps its output and rebuilds its input when
+    that is an unchanged ``filtered_lrelu`` output."""
+    if weight.shape[-1] * weight.shape[-2] == 1:
+        slot: list[Rebuild] = []
+        out = ModulatedConv2d.apply(x, weight, styles, demodulate, padding, input_gain, None, slot)
+        slot.append(Rebuild.of(out, fast.modulated_conv2d_forward, x, weight, styles, demodulate, padding, input_gain))
+        out._sg3archive_rebuild = slot[0]
+        return out
+    return ModulatedConv2d.apply(x, weight, styles, demodulate, padding, input_gain, _rebuild_of(x), None)
 
 
 class ModulatedConv2d(torch.autograd.Function):
     """``fast.modulated_conv2d`` keeping its output, and its input only when it cannot be rebuilt."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -122,23 +163,38 @@ class ModulatedConv2d(torch.autograd.Function):
         demodulate: bool,
         padding: int,
         input_gain: torch.Tensor | None,
-        rebuild: Rebuild | None,
+        source: Rebuild | None,
+        output_slot: list[Rebuild] | None,
     ) -> torch.Tensor:
+        """``source`` rebuilds ``x`` (else it is kept); ``output_slot`` will hold the output's
+        rebuild (else the output is kept)."""
         y = fast.modulated_conv2d_forward(x, weight, styles, demodulate, padding, input_gain)
-        ctx.demodulate, ctx.padding, ctx.rebuild = demodulate, padding, rebuild
-        ctx.save_for_backward(None if rebuild is not None else x, weight, styles, input_gain, y)
+        ctx.demodulate, ctx.padding, ctx.autocast = demodulate, padding, _autocast_state(x)
+        ctx.source, ctx.output_slot = source, output_slot
+        ctx.save_for_backward(None if source is not None else x, weight, styles, input_gain,
+                              None if output_slot is not None else y)
         return y
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with _autocast(ctx.autocast):
+            return ModulatedConv2d._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight, styles, input_gain, y = ctx.saved_tensors
-        if ctx.rebuild is not None:
-            x, ctx.rebuild = ctx.rebuild(), None
+        if ctx.source is not None:
+            x, ctx.source = ctx.source(), None
+        if ctx.output_slot is not None:
+            y, ctx.output_slot = ctx.output_slot[0](), None
+        grad = grad.to(y.dtype)
         need_x, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        leaves = (_grad_leaf(weight), _grad_leaf(styles), _grad_leaf(input_gain))
+        w_leaf = weight.detach().requires_grad_(weight.requires_grad)
+        s_leaf = styles.detach().requires_grad_(styles.requires_grad)
+        leaves = (w_leaf, s_leaf, _grad_leaf(input_gain))
         with torch.enable_grad():
-            wn, scale, dcoefs = fast.modulation(leaves[0], leaves[1], ctx.demodulate, leaves[2])
+            wn, scale, dcoefs = fast.modulation(w_leaf, s_leaf, ctx.demodulate, leaves[2])
         n, in_channels = scale.shape
         grad = grad.contiguous(memory_format=torch.channels_last)
         outputs: list[torch.Tensor] = []
@@ -164,23 +220,23 @@ class ModulatedConv2d(torch.autograd.Function):
         if need_weight:
             xs = (x * scale_4d).contiguous(memory_format=torch.channels_last)
             outputs.append(wn)
-            grads.append(torch.nn.grad.conv2d_weight(xs, list(wn.shape), grad_z, padding=ctx.padding))
+            grads.append(conv2d_weight(xs, list(wn.shape), grad_z, padding=ctx.padding))
         small: list[torch.Tensor | None] = [None, None, None]
-        wanted = [i for i, t in enumerate(leaves) if t is not None and t.requires_grad]
+        wanted = {i: t for i, t in enumerate(leaves) if t is not None and t.requires_grad}
         if outputs and wanted:
             found = torch.autograd.grad(
-                outputs, [leaves[i] for i in wanted], [g.to(o.dtype) for o, g in zip(outputs, grads)], allow_unused=True
+                outputs, list(wanted.values()), [g.to(o.dtype) for o, g in zip(outputs, grads)], allow_unused=True
             )
             for i, g in zip(wanted, found):
                 small[i] = g
-        return grad_x, small[0], small[1], None, None, small[2], None
+        return grad_x, small[0], small[1], None, None, small[2], None, None
 
 
 class FilteredLrelu(torch.autograd.Function):
     """``fast.filtered_lrelu`` (with resampling) recomputing its intermediates chunk by chunk."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any,
         x: torch.Tensor,
         fu: torch.Tensor | None,
@@ -192,16 +248,26 @@ class FilteredLrelu(torch.autograd.Function):
         gain: float,
         slope: float,
         clamp: float | None,
+        source: Rebuild | None,
     ) -> torch.Tensor:
+        """``source`` rebuilds ``x`` in the backward pass (else it is kept)."""
         out = fast.filtered_lrelu_forward(x, fu, fd, b, up, down, padding, gain, slope, clamp)
         ctx.args = (up, down, padding, gain, slope, clamp)
-        ctx.save_for_backward(x, fu, fd, b)
+        ctx.autocast, ctx.source = _autocast_state(x), source
+        ctx.save_for_backward(None if source is not None else x, fu, fd, b)
         return out
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        with _autocast(ctx.autocast):
+            return FilteredLrelu._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, fu, fd, b = ctx.saved_tensors
+        if ctx.source is not None:  # the modulated convolution's backward step needs it next
+            x, ctx.source = ctx.source(keep=True), None
         plan = fast.Resampling.plan(x, fu, fd, *ctx.args)
         n, c = x.shape[:2]
         grad = grad.contiguous(memory_format=torch.channels_last)
@@ -216,7 +282,7 @@ class FilteredLrelu(torch.autograd.Function):
         if b is not None and ctx.needs_input_grad[3]:
             grad_b = grad_x.sum(dim=[0, 2, 3]).to(b.dtype)
         grad_in = grad_x if ctx.needs_input_grad[0] else None
-        return grad_in, None, None, grad_b, None, None, None, None, None, None
+        return grad_in, None, None, grad_b, None, None, None, None, None, None, None
 
 
 def _chunk_backward(plan: fast.Resampling, y: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -224,7 +290,8 @@ def _chunk_backward(plan: fast.Resampling, y: torch.Tensor, grad: torch.Tensor) 
     w.r.t. its output: each step's adjoint, in reverse, the activation's derivative taken from
     the recomputed intermediate."""
     cc = y.shape[1]
-    u = plan.upsample(y.contiguous(memory_format=torch.channels_last))
+    # (contiguous: elementwise ops on a cropped view of a channels-last tensor are several times slower)
+    u = plan.upsample(y.contiguous(memory_format=torch.channels_last)).contiguous(memory_format=torch.channels_last)
     g = _down_adjoint(plan, grad * plan.gain if plan.gain != 1 else grad, cc)
     if plan.slope != 1:
         g = torch.ops.aten.leaky_relu_backward(g, u, plan.slope, False)

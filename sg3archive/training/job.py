@@ -9,7 +9,7 @@ Encoder kinds come from ``sg3archive.networks.encoder``, loss presets from
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
@@ -22,7 +22,10 @@ from sg3archive.training.losses import DEFAULT_LOSS_PRESET, LOSS_PRESETS, LossPr
 # Where a run happens rather than what it trains: a resumed run may change these.
 LOCATION_FIELDS = frozenset({"network", "out_dir", "export_dir", "device", "resume", "init_encoder", "version"})
 # Training settings a resumed run may change too.
-RESUMABLE_FIELDS = frozenset({"steps", "log_every", "sample_every", "checkpoint_every", "extra"})
+RESUMABLE_FIELDS = frozenset({"steps", "log_every", "sample_every", "checkpoint_every", "extra",
+                              "checkpoint_resolution", "precision"})
+# The largest side LPIPS sees by default (see ``loss_resolution``).
+DEFAULT_LOSS_RESOLUTION = 256
 ERROR_PREFIX = "bad training configuration: "
 
 
@@ -65,6 +68,15 @@ class TrainJob(_Spec):
     real_fraction: float = Field(default=1.0, description="with a data URL: real share of each batch (the rest synthetic)")
     synthetic_pool: int = Field(default=0, description="draw synthetic pairs from a fixed pool of N (fast on CPU; 0 = fresh)")
     lpips_net: LpipsNet | None = Field(default="alex", description="perceptual-loss backbone (none switches the term off)")
+    loss_resolution: int = Field(default=DEFAULT_LOSS_RESOLUTION,
+                                 description="LPIPS on images average-pooled to at most this size (0 = the generator's "
+                                             "size); the pixel loss and D features stay at full size")
+    checkpoint_resolution: int = Field(default=0, description="activation checkpointing: synthesis layers at least this "
+                                                              "wide run again in the backward pass (less memory, more "
+                                                              "time; 0 = off)")
+    precision: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="synthesis precision under autograd: bfloat16/float16 autocast (mixed precision, "
+                                       "for CUDA) or float32")
     seed: int = Field(default=0, description="random seed of the run")
     log_every: int = Field(default=10, description="log metrics every N steps")
     sample_every: int = Field(default=200, description="write a sample grid every N steps (0 = never)")
@@ -104,8 +116,10 @@ class TrainJob(_Spec):
             problems.append("real_fraction and mixing_prob must be in [0, 1]")
         if list(self.progressive) != sorted(self.progressive) or any(s < 0 for s in self.progressive):
             problems.append(f"progressive must be non-decreasing steps, got {self.progressive}")
-        if min(self.image_every, self.kl_start, self.kl_ramp, self.synthetic_pool, self.sample_every) < 0:
-            problems.append("image_every, kl_start, kl_ramp, synthetic_pool and sample_every must be >= 0")
+        if min(self.image_every, self.kl_start, self.kl_ramp, self.synthetic_pool, self.sample_every,
+               self.loss_resolution, self.checkpoint_resolution) < 0:
+            problems.append("image_every, kl_start, kl_ramp, synthetic_pool, sample_every, loss_resolution and "
+                            "checkpoint_resolution must be >= 0")
         if min(self.log_every, self.checkpoint_every) < 1:
             problems.append("log_every and checkpoint_every must be >= 1 (a checkpoint is also written at the end)")
         if problems:

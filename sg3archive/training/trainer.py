@@ -204,6 +204,17 @@ def _batch_source(G: Generator, config: TrainConfig, out_dir: Path, fingerprint:
 
 
 # -- one step -----------------------------------------------------------------------------------
+def pooled(images: torch.Tensor, size: int) -> torch.Tensor:
+    """``images`` average-pooled by the smallest integer factor that brings their larger side to at
+    most ``size`` (unchanged when ``size`` is 0 or they are no larger): where LPIPS runs, as
+    inversion encoders commonly compute it at 256²."""
+    side = max(images.shape[-2:])
+    if size <= 0 or side <= size:
+        return images
+    factor = -(-side // size)
+    return torch.nn.functional.avg_pool2d(images, factor, ceil_mode=True)
+
+
 @dataclass(frozen=True)
 class _StepOutcome:
     """One optimizer step: its loss terms (unweighted), the weighted total, the schedule's state."""
@@ -250,7 +261,8 @@ def _train_step(state: _State, batch: _BatchSource, fixed: _Frozen, config: Trai
         recon = G.synthesis(ws)
         terms["rec"] = pixel_loss(recon, x)
         if fixed.lpips is not None and weights.perceptual:
-            terms["perceptual"] = fixed.lpips(recon, x).mean()
+            terms["perceptual"] = fixed.lpips(pooled(recon, config.loss_resolution),
+                                              pooled(x, config.loss_resolution)).mean()
         if fixed.D is not None and weights.feature_match:
             terms["feature_match"] = feature_matching(fixed.D.extract_features(recon), fixed.D.extract_features(x))
     scale = {"latent": weights.latent, "kl": weights.kl * kl_factor, "rec": weights.rec,
@@ -341,6 +353,8 @@ def train_encoder(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     G = G.to(device).eval().requires_grad_(False)
+    G.synthesis.checkpoint_resolution = config.checkpoint_resolution
+    G.synthesis.precision = config.precision
     if D is not None:
         D = D.to(device).eval().requires_grad_(False)
     fingerprint = generator_fingerprint(G)
