@@ -8,6 +8,7 @@ the official names and defaults, so a snapshot's recorded ``init_kwargs`` rebuil
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -356,8 +357,8 @@ class SynthesisNetwork(torch.nn.Module):
         self.impl = "fast"
         # Activation checkpointing under autograd: layers whose output is at least this many pixels
         # wide keep only their input and run their forward pass again during the backward pass
-        # (0 = never). Off by default: the fast ops already keep one tensor per op, and
-        # benchmarks/gradients.py measured checkpointing to save little memory for its time.
+        # (0 = never). Off by default: the fast ops already keep one tensor per op, so it keeps
+        # layer inputs where nothing more would be kept (benchmarks/gradients.py: more time and memory).
         self.checkpoint_resolution = 0
         # Computation precision: "float32", or "bfloat16" / "float16" autocast (mixed precision,
         # meant for CUDA). The output is float32 either way.
@@ -429,7 +430,8 @@ class SynthesisNetwork(torch.nn.Module):
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown precision {self.precision!r}; expected one of {sorted(PRECISIONS)}")
         mixed = PRECISIONS[self.precision]
-        with torch.autocast(ws.device.type, dtype=mixed, enabled=mixed != torch.float32):
+        autocast = torch.autocast(ws.device.type, dtype=mixed) if mixed != torch.float32 else contextlib.nullcontext()
+        with autocast:
             x = self._layers(w_per_layer, transform, impl, update_emas)
         if self.output_scale != 1:
             x = x * self.output_scale
