@@ -22,7 +22,7 @@ from sg3archive.cli_options import Flag, given_values, job_options
 from sg3archive.devices import DEVICE_HELP
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.metrics.lpips_weights import LPIPS_NETS
-from sg3archive.pipeline.jobs import AuditJob, CompressJob, RestoreJob
+from sg3archive.pipeline.jobs import FLAG_NAMES, AuditJob, CompressJob, RestoreJob
 from sg3archive.quality.contract import CONTRACTS, DEFAULT_CONTRACT, REPRESENTATIONS, QualityContract, contract_of
 from sg3archive.training.job import TrainJob
 
@@ -396,9 +396,10 @@ def _names(text: str) -> list[str]:
 
 
 COMPRESS_FIELDS = ["pattern", "network", "encoder", "profile", "target_bytes", "max_quantization_loss", "coder", "fit", "shard_size",
-                   "batch_size", "device", "refine_steps", "calibration_images", "max_pixels", "lpips", "quality",
+                   "batch_size", "device", "refine_steps", "rd_lambda", "calibration_images", "max_pixels", "lpips", "quality",
                    "representations", "escalation_steps", "escalation_budget", "baseline_images"]
 COMPRESS_FLAGS = {
+    "rd_lambda": Flag(name=FLAG_NAMES["rd_lambda"]),
     "profile": Flag(type=click.STRING, convert=_profile),
     "quality": Flag(type=click.STRING, help=(
         f"the named quality contract every image must meet at its original size: {', '.join(CONTRACTS)} "

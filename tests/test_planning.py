@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 
+from sg3archive.codec import LatentCodec
 from sg3archive.errors import Sg3ArchiveError
 from sg3archive.pipeline.calibrate import calibration_images, calibration_ws
 from sg3archive.pipeline.compress import (
@@ -265,20 +266,21 @@ def test_named_shards_are_checked_and_never_replaced(backend, tmp_path, request)
     assert store.orphans() == []
 
 
-def test_calibration_codes_come_through_the_compress_encode_path(folder) -> None:
-    """With refinement on, the codec's calibration codes are the refined latents compression would
-    code (not the encoder's raw output)."""
+def test_calibration_codes_are_the_encoders_latents_and_refinement_needs_the_codec(folder) -> None:
+    """The codec is fitted on the encoder's latents (the starting point of every image), even with
+    refinement on: refinement optimizes each latent for that fitted codec, so it runs only with one."""
     spec = job(folder, folder / "unused", refine_steps=2, calibration_images=3)
     models = cache.models(None, None, "cpu")
     images = calibration_images(spec, models.resolution)
     assert len(images) == 3
     ws = calibration_ws(spec, models)
     x = torch.stack(images)
-    refined = encode_latents(models, x, spec)
-    raw = encode_latents(models, x, spec.model_copy(update={"refine_steps": 0}))
-    assert torch.allclose(ws[:3], refined.cpu(), atol=1e-5)
-    assert not torch.allclose(ws[:3], raw.detach().cpu(), atol=1e-4)
+    raw = encode_latents(models, x, spec)
+    assert torch.allclose(ws[:3], raw.cpu(), atol=1e-5)
     assert len(ws) == 3 + 512  # plus the mapping-network samples
+    codec = LatentCodec.fit(ws, 3)
+    refined = encode_latents(models, x, spec, codec)
+    assert not torch.allclose(refined.detach().cpu(), raw.cpu(), atol=1e-4)
 
 
 def test_lpips_is_refused_without_weights_before_anything_is_made(folder, tmp_path) -> None:

@@ -243,38 +243,93 @@ class LatentCodec:
         Adds uniform noise of one quantization step in the decorrelated domain (what rounding
         does on average) and returns each image's estimated code length from the fitted prior.
         """
-        if ws.ndim != 3 or tuple(ws.shape[1:]) != (self.num_ws, self.w_dim):
-            raise CodecError(f"ws must have shape [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
+        rate = _RateModel(self, ws)
+        u = rate.to_steps(ws)
+        u_tilde = u + torch.rand(u.shape, generator=generator, device=ws.device, dtype=ws.dtype) - 0.5
+        return rate.from_steps(u_tilde), rate.bits(u_tilde)
+
+    def quantized(self, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Straight-through quantization for rate–distortion refinement: ``(ws_hat, bits [N])``.
+
+        ``ws_hat`` holds the values :meth:`quantize` returns (to float rounding) and ``bits`` each
+        image's code length under the fitted prior, both for the indices the codec will code; the
+        gradients pass through the rounding as if it were the identity, so an optimizer moves W+
+        towards latents that survive quantization and cost few bytes.
+        """
+        rate = _RateModel(self, ws)
+        q = self._indices(_as_numpy(ws))  # the codec's own indices (float64), not float32 rounding
+        u = rate.to_steps(ws)
+        u_hat = u + (torch.as_tensor(q, dtype=ws.dtype, device=ws.device) - u).detach()
+        return rate.from_steps(u_hat), rate.coded_bits(u_hat, q)
+
+
+class _RateModel:
+    """The codec's transform and prior as torch tensors on ``ws``' device and dtype: the
+    decorrelated domain in units of each layer's step, and the code length of values there."""
+
+    def __init__(self, codec: LatentCodec, ws: torch.Tensor) -> None:
+        if ws.ndim != 3 or tuple(ws.shape[1:]) != (codec.num_ws, codec.w_dim):
+            raise CodecError(f"ws must have shape [N, {codec.num_ws}, {codec.w_dim}], got {list(ws.shape)}")
         if not torch.isfinite(ws).all():
             raise CodecError("ws contains NaN or infinite values")
-        m = self.model
+        m = self.model = codec.model
         dev, dt = ws.device, ws.dtype
-        centre = torch.as_tensor(m.centre, dtype=dt, device=dev)
-        enc: torch.Tensor | None = None  # None: the layers are coded as they are (no decorrelating basis)
-        dec: torch.Tensor | None = None
+        self.centre = torch.as_tensor(m.centre, dtype=dt, device=dev)
+        self.enc: torch.Tensor | None = None  # None: the layers are coded as they are (no decorrelating basis)
+        self.dec: torch.Tensor | None = None
         if m.basis_int is not None:
-            enc = torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
-            dec = torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
-        steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
-        coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
-        sigma1, sigma2, weight = (torch.as_tensor(a, dtype=dt, device=dev) for a in self._prior_parameters)
-        u = ((ws - centre) if enc is None else (ws - centre) @ enc) / steps  # in steps
-        noise = torch.rand(u.shape, generator=generator, device=dev, dtype=dt) - 0.5
-        u_tilde = u + noise
-        # Prediction approximated by the previous layer (the codec uses the running mean since
-        # the last new style), in this layer's steps.
-        residual = u_tilde.clone()
-        ratio = steps[:, :-1] / steps[:, 1:]
-        residual[:, 1:] = u_tilde[:, 1:] - coef[1:] * u_tilde[:, :-1] * ratio
+            self.enc = torch.as_tensor(m.encode_matrix, dtype=dt, device=dev)
+            self.dec = torch.as_tensor(m.basis_int * 2.0**-qz.BASIS_BITS, dtype=dt, device=dev)
+        self.steps = torch.as_tensor(m.steps, dtype=dt, device=dev)[None, :, None]
+        self.coef = torch.as_tensor(m.coef / float(1 << qz.PRED_SHIFT), dtype=dt, device=dev)
+        self.sigma1, self.sigma2, self.weight = (torch.as_tensor(a, dtype=dt, device=dev)
+                                                 for a in codec._prior_parameters)
 
-        def box(scale: torch.Tensor) -> torch.Tensor:
-            normal = torch.distributions.Normal(torch.zeros((), device=dev, dtype=dt), scale)
-            return normal.cdf(residual + 0.5) - normal.cdf(residual - 0.5)
+    def to_steps(self, ws: torch.Tensor) -> torch.Tensor:
+        """``u``: W+ in the decorrelated domain, in steps (``round(u)`` are the codec's indices)."""
+        centred = ws - self.centre
+        return (centred if self.enc is None else centred @ self.enc) / self.steps
 
-        likelihood = ((1 - weight) * box(sigma1) + weight * box(sigma2)).clamp_min(2.0**-24)
-        bits = -torch.log2(likelihood).sum(dim=(1, 2))
-        ws_tilde = (u_tilde * steps if dec is None else (u_tilde * steps) @ dec.T) + centre
-        return ws_tilde, bits
+    def from_steps(self, u: torch.Tensor) -> torch.Tensor:
+        """W+ of values ``u`` in steps (the inverse of :meth:`to_steps`)."""
+        scaled = u * self.steps
+        return (scaled if self.dec is None else scaled @ self.dec.T) + self.centre
+
+    def bits(self, u: torch.Tensor) -> torch.Tensor:
+        """Each image's code length ``[N]`` for values ``u`` under the prior. The prediction is
+        approximated by the previous layer (the codec uses the running mean since the last new
+        style), in this layer's steps."""
+        residual = u.clone()
+        ratio = self.steps[:, :-1] / self.steps[:, 1:]
+        residual[:, 1:] = u[:, 1:] - self.coef[1:] * u[:, :-1] * ratio
+        return self._prior_bits(residual)
+
+    def coded_bits(self, u: torch.Tensor, q: np.ndarray) -> torch.Tensor:
+        """Each image's code length ``[N]`` of the symbols the codec transmits for indices ``q``
+        (of values ``u`` in steps): their values are the codec's own (``quantize.residuals_and_runs``,
+        runs and integer rounding included); their gradient is that of ``u`` minus the same
+        running-mean prediction without rounding."""
+        m = self.model
+        k, runs = qz.residuals_and_runs(q, m.coef, m.reset, m.units)
+        units = torch.as_tensor(m.units, dtype=u.dtype, device=u.device)[None, :, None]
+        total = torch.cumsum(u * units, dim=1)  # running sums in common units
+        first = torch.as_tensor(runs[:, 1:], device=u.device)  # [N, L-1, 1]
+        index = (first - 1).clamp_min(0).expand(-1, -1, u.shape[2])
+        before = torch.where(first > 0, torch.gather(total, 1, index), torch.zeros((), dtype=u.dtype, device=u.device))
+        layer = torch.arange(1, u.shape[1], device=u.device, dtype=u.dtype)[None, :, None]
+        mean = (total[:, :-1] - before) / ((layer - first.to(u.dtype)) * units[:, 1:])
+        smooth = torch.cat([u[:, :1], u[:, 1:] - self.coef[1:] * mean], dim=1)
+        residual = smooth + (torch.as_tensor(k, dtype=u.dtype, device=u.device) - smooth).detach()
+        return self._prior_bits(residual)
+
+    def _prior_bits(self, residual: torch.Tensor) -> torch.Tensor:
+        """Code length ``[N]`` of residual symbols under each value's two-Gaussian prior."""
+        zero = torch.zeros((), device=residual.device, dtype=residual.dtype)
+        normal1, normal2 = torch.distributions.Normal(zero, self.sigma1), torch.distributions.Normal(zero, self.sigma2)
+        box1 = normal1.cdf(residual + 0.5) - normal1.cdf(residual - 0.5)
+        box2 = normal2.cdf(residual + 0.5) - normal2.cdf(residual - 0.5)
+        likelihood = ((1 - self.weight) * box1 + self.weight * box2).clamp_min(2.0**-24)
+        return -torch.log2(likelihood).sum(dim=(1, 2))
 
 
 def _check_decoded_range(q: np.ndarray) -> None:

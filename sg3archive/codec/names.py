@@ -20,6 +20,10 @@ CODER_ALIASES: dict[str, str] = {"arithmetic": "range"}
 WIRE_CODERS: tuple[str, ...] = ("ans", "range")  # what a payload header can record (see ``bitstream``)
 DEFAULT_CODER: CoderName = "ans"
 
+# Rate-distortion refinement (``sg3archive.refinement``): dB of PSNR one payload byte must buy;
+# chosen from the curve over lambda that ``benchmarks/rd_latent.py`` measures.
+DEFAULT_RD_LAMBDA = 0.01
+
 AUTO_PROFILE = "auto"  # bits chosen per layer to meet a size (or W-space error) target
 # Profile matched: the most mean PSNR (dB) quantization may cost against the encoder's own reconstruction.
 DEFAULT_MAX_LOSS_DB = 0.1

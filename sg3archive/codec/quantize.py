@@ -66,13 +66,26 @@ def _advance(total: np.ndarray, count: np.ndarray, q: np.ndarray, k: np.ndarray,
 def residuals(q: np.ndarray, coef: np.ndarray, reset: np.ndarray, units: np.ndarray) -> np.ndarray:
     """Transmitted symbols ``k [N, L, D]``: each layer's indices minus their prediction, the
     (fixed-point weighted) mean of the layers since the last new style."""
+    return residuals_and_runs(q, coef, reset, units)[0]
+
+
+def residuals_and_runs(q: np.ndarray, coef: np.ndarray, reset: np.ndarray,
+                       units: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`residuals` and, per image and layer, the first layer of the run its prediction
+    averages (``runs [N, L, 1]``: layer ``l`` is predicted from layers ``runs[:, l]`` .. ``l − 1``;
+    0 for layer 0, which is not predicted). Rate–distortion refinement models the same prediction."""
     k = q.copy()
-    total, count = q[:, 0] * units[0], np.ones((len(q), 1), dtype=np.int64)
+    n = len(q)
+    runs = np.zeros((n, q.shape[1], 1), dtype=np.int64)
+    start = np.zeros((n, 1), dtype=np.int64)
+    total, count = q[:, 0] * units[0], np.ones((n, 1), dtype=np.int64)
     for layer in range(1, q.shape[1]):
         unit = int(units[layer])
+        runs[:, layer] = start
         k[:, layer] -= _mean_prediction(total, count, coef[layer], unit)
         total, count = _advance(total, count, q[:, layer], k[:, layer], coef[layer], int(reset[layer]), unit)
-    return k
+        start = np.where(count == 1, layer, start)
+    return k, runs
 
 
 def reconstruct_indices(k: np.ndarray, coef: np.ndarray, reset: np.ndarray, units: np.ndarray,

@@ -1,8 +1,9 @@
 """Codec calibration: the W+ codes a new archive's codec model is fitted on, and the fit itself.
 
 The calibration images are read and fitted by :func:`sg3archive.images.load_fitted` and encoded by
-:func:`sg3archive.pipeline.encode.encode_latents` (encoder, then refinement when the job asks for
-it): the very path compression takes, so the codec is fitted on the latents it will code. Style-mixed
+:func:`sg3archive.pipeline.encode.encode_latents` without a codec: the encoder's latents, the
+starting point of every compressed image (refinement, when the job asks for it, then optimizes
+each latent for this fitted codec's rate and quantization). Style-mixed
 samples of the generator's mapping network (:class:`sg3archive.training.data.SyntheticPairs`) are
 added so a small collection still covers W+.
 

@@ -160,7 +160,9 @@ class CompressReport:
             line += (f"; {self.payload_bytes} payload bytes ({self.payload_bytes / self.images:.0f} B/image), "
                      f"ratio vs source {self.source_bytes / self.payload_bytes:.1f}x")
             if self.seconds:
-                line += f"; {self.images / self.seconds:.2f} images/s"
+                rate = self.images / self.seconds
+                # Slow runs (refinement at full size on a CPU) read better as seconds per image.
+                line += f"; {rate:.2f} images/s" if rate >= 0.1 else f"; {self.seconds / self.images:.1f} s/image"
         return "\n".join([line, *("  " + q for q in self.quality.lines())])
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,7 +184,7 @@ def settings_key(settings: dict[str, Any]) -> str:
                                           "refine_steps", "resolution")}
     # The contract's settings (format 4) join the key only where recorded: archives made before it
     # keep their keys, so a resumed one does not redo its images.
-    keep.update({k: settings[k] for k in CONTRACT_SETTINGS if k in settings})
+    keep.update({k: settings[k] for k in (*CONTRACT_SETTINGS, *RD_SETTINGS) if k in settings})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -198,6 +200,7 @@ def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict[str,
         "resolution": models.resolution,
         "fit": job.fit,
         "refine_steps": job.refine_steps,
+        "rd_lambda": job.rd_lambda,
         "quality": job.quality.model_dump(),
         "representations": sorted(job.representations),
         "escalation_steps": job.escalation_steps,
@@ -207,6 +210,8 @@ def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict[str,
 # Settings that archives made before the quality contract do not record; such an archive resumed by
 # this version takes them from the job (its new rows record their contract).
 CONTRACT_SETTINGS = ("quality", "representations", "escalation_steps")
+# Recorded since rate–distortion refinement; in the key only where recorded (as CONTRACT_SETTINGS).
+RD_SETTINGS = ("rd_lambda",)
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -287,7 +292,7 @@ def prepare(job: CompressJob) -> dict[str, Any]:
         assert session.models is not None
         _check_profile(job, session.codec)
         # Refuses the archive when its other settings (fit, refine steps, contract, ...) differ.
-        older = tuple(k for k in CONTRACT_SETTINGS if k not in session.store.settings)
+        older = tuple(k for k in (*CONTRACT_SETTINGS, *RD_SETTINGS) if k not in session.store.settings)
         session.store.check_settings(_settings(job, session.models, session.codec), ignored=older)
         return session.settings
     models = cache.models(job.network, job.encoder, job.device)
@@ -446,7 +451,7 @@ class _Shard:
         """The latent coding of each image of ``batch`` (encoder, refinement per ``job``), judged
         at the original size."""
         x = torch.stack([item.tensor for item in batch]).to(self.models.device)
-        coded = code_batch(self.models, self.codec, x, job, self.perceptual if self.job.lpips else None)
+        coded = code_batch(self.models, self.codec, x, job, self.perceptual, measure_lpips=self.job.lpips)
         out = []
         for i, item in enumerate(batch):
             square = to_uint8(coded.recon[i : i + 1])[0]

@@ -27,6 +27,7 @@ from sg3archive.codec.names import (
     DEFAULT_CODER,
     DEFAULT_MAX_LOSS_DB,
     DEFAULT_PROFILE,
+    DEFAULT_RD_LAMBDA,
     PROFILE_NAMES,
     CoderName,
     check_profile,
@@ -113,7 +114,10 @@ class CompressJob(_Spec):
     shard_size: int = Field(default=256, ge=1, le=1_000_000, description="images per Parquet shard (one task per shard)")
     batch_size: int = Field(default=16, ge=1, le=4096, description="images per model batch")
     device: str = Field(default="auto", description=DEVICE_HELP)
-    refine_steps: int = Field(default=0, ge=0, le=10_000, description="encode-time latent refinement steps (0 = off)")
+    refine_steps: int = Field(default=0, ge=0, le=10_000, description=(
+        "encode-time rate-distortion refinement steps of each latent for the archive's codec (0 = off)"))
+    rd_lambda: float = Field(default=DEFAULT_RD_LAMBDA, ge=0, le=100, description=(
+        "with refine_steps: dB of PSNR a payload byte must buy (higher: fewer bytes, lower fidelity)"))
     calibration_images: int = Field(default=256, ge=0, description="collection images encoded to fit the codec model")
     max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, ge=1, description="larger images are rejected (decompression bombs)")
     lpips: bool = Field(default=False, description="also measure LPIPS of each image at compress time and record it in "
@@ -224,7 +228,7 @@ JOB_NAMES = {"CompressJob": "compress", "RestoreJob": "restore", "AuditJob": "au
 # Fields whose flag is not their name spelled with dashes (the train command's established flags).
 FLAG_NAMES = {"truncation_psi": "--trunc", "truncation_cutoff": "--trunc-cutoff", "lpips_net": "--lpips",
               "out_dir": "--out", "export_dir": "--export", "sample_size": "--sample", "source_roots": "--source-root",
-              "betas": "--beta1/--beta2", "glob": "--glob", "format": "--format"}
+              "betas": "--beta1/--beta2", "glob": "--glob", "format": "--format", "rd_lambda": "--lambda"}
 
 
 def field_label(field: str, manifest: str | Path | None = None) -> str:

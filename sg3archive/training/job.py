@@ -57,6 +57,12 @@ class TrainJob(_Spec):
     betas: tuple[float, float] = Field(default=(0.9, 0.999), description="Adam betas, each in [0, 1)")
     preset: LossPreset = Field(default=DEFAULT_LOSS_PRESET, description="loss weights (rec, KL, perceptual, feature match)")
     latent_weight: float = Field(default=1.0, description="latent loss on synthetic pairs (known W+)")
+    rate_weight: float = Field(default=0.0, ge=0, description="rate term: bits per W+ value of the encoder's means under "
+                                                             "a codec fitted to its outputs (0 = off)")
+    rate_profile: int = Field(default=4, ge=1, le=16, description="with rate_weight: the bits per layer of the codec "
+                                                                  "the rate is measured with")
+    rate_refit_every: int = Field(default=200, ge=1, description="with rate_weight: refit that codec on the encoder's "
+                                                                 "outputs every N steps")
     image_every: int = Field(default=1, description="image losses every N steps (0 = never: latent loss only)")
     kl_start: int = Field(default=0, description="autoencoder steps before the KL term (and sampling) switch on")
     kl_ramp: int = Field(default=0, description="steps to ramp the KL weight to full after kl_start")
@@ -130,7 +136,7 @@ class TrainJob(_Spec):
     # -- what the trainer reads ----------------------------------------------------------------
     @property
     def weights(self) -> LossWeights:
-        return LossWeights.preset(self.preset, latent=self.latent_weight)
+        return LossWeights.preset(self.preset, latent=self.latent_weight, rate=self.rate_weight)
 
     def kl_factor(self, step: int) -> float:
         """0 during the autoencoder phase, then a linear ramp to 1."""

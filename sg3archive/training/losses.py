@@ -1,4 +1,5 @@
-"""Encoder training losses: pixel, perceptual, KL to the generator's W prior, feature matching, latent.
+"""Encoder training losses: pixel, perceptual, KL to the generator's W prior, feature matching, latent
+(and the rate term, :mod:`sg3archive.training.rate`).
 
 The KL term is the closed-form divergence between the encoder's diagonal Gaussian
 ``N(μ, σ²)`` and a diagonal Gaussian prior fitted to the generator's W distribution
@@ -39,13 +40,14 @@ class LossWeights:
     perceptual: float = 0.8
     feature_match: float = 0.2
     latent: float = 1.0
+    rate: float = 0.0  # bits per W+ value under a codec fitted to the encoder (``training.rate``)
 
     @classmethod
-    def preset(cls, name: str, latent: float = 1.0) -> LossWeights:
+    def preset(cls, name: str, latent: float = 1.0, rate: float = 0.0) -> LossWeights:
         if name not in LOSS_PRESETS:
             raise ValueError(f"unknown loss preset {name!r}; use one of {sorted(LOSS_PRESETS)}")
         rec, kl, perceptual, fm = LOSS_PRESETS[name]
-        return cls(rec, kl, perceptual, fm, latent)
+        return cls(rec, kl, perceptual, fm, latent, rate)
 
 
 @dataclass(frozen=True)

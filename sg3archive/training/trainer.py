@@ -34,6 +34,7 @@ from sg3archive.training.checkpoint import STATE_JSON, load_checkpoint, save_che
 from sg3archive.training.config import TrainConfig
 from sg3archive.training.data import RealImages, SyntheticPairs, SyntheticPool
 from sg3archive.training.losses import WPrior, feature_matching, fit_w_prior, gaussian_kl, latent_loss, pixel_loss
+from sg3archive.training.rate import RateTerm
 
 if TYPE_CHECKING:
     from sg3archive.networks.discriminator import Discriminator
@@ -236,6 +237,7 @@ class _Frozen:
     lpips: Perceptual | None
     w_avg: torch.Tensor
     device: torch.device
+    rate: RateTerm | None = None  # the rate term's codec (refitted as the encoder changes)
 
 
 def _train_step(state: _State, batch: _BatchSource, fixed: _Frozen, config: TrainConfig) -> _StepOutcome:
@@ -244,6 +246,8 @@ def _train_step(state: _State, batch: _BatchSource, fixed: _Frozen, config: Trai
     x, targets = batch.draw(state.rng, device)
     mask = enabled_layers(config, G.num_ws, step).to(device)
     kl_factor = config.kl_factor(step)
+    if fixed.rate is not None and weights.rate and fixed.rate.due(step):
+        fixed.rate.fit(state.encoder, lambda rng: batch.draw(rng, device)[0], step)
 
     out = state.encoder(x)
     if kl_factor > 0:  # reparameterized sample; noise from the checkpointed CPU generator on any device
@@ -257,6 +261,8 @@ def _train_step(state: _State, batch: _BatchSource, fixed: _Frozen, config: Trai
         terms["latent"] = latent_loss(out.mean[batch.n_real:], targets, fixed.prior, mask)
     if kl_factor > 0 and weights.kl:
         terms["kl"] = gaussian_kl(out.mean[:, mask], out.logvar[:, mask], fixed.prior)
+    if fixed.rate is not None and weights.rate:
+        terms["rate"] = fixed.rate.bits_per_value(out.mean, state.rng)
     if config.image_every and step % config.image_every == 0:
         recon = G.synthesis(ws)
         terms["rec"] = pixel_loss(recon, x)
@@ -266,7 +272,7 @@ def _train_step(state: _State, batch: _BatchSource, fixed: _Frozen, config: Trai
         if fixed.D is not None and weights.feature_match:
             terms["feature_match"] = feature_matching(fixed.D.extract_features(recon), fixed.D.extract_features(x))
     scale = {"latent": weights.latent, "kl": weights.kl * kl_factor, "rec": weights.rec,
-             "perceptual": weights.perceptual, "feature_match": weights.feature_match}
+             "perceptual": weights.perceptual, "feature_match": weights.feature_match, "rate": weights.rate}
     loss: torch.Tensor | float = sum((scale[k] * v for k, v in terms.items()), 0.0)
     state.optimizer.zero_grad(set_to_none=True)
     if isinstance(loss, torch.Tensor) and loss.requires_grad:
@@ -360,8 +366,9 @@ def train_encoder(
     fingerprint = generator_fingerprint(G)
     ckpt_dir = out_dir / CHECKPOINT_DIR
     state = _start(G, config, ckpt_dir, device, resume, init_from)
+    rate = RateTerm(config.rate_profile, config.rate_refit_every, config.seed) if config.rate_weight else None
     fixed = _Frozen(G, D, fit_w_prior(G, seed=config.seed + 1), _perceptual(config, lpips, device),
-                    G.mapping.w_avg.detach(), device)
+                    G.mapping.w_avg.detach(), device, rate)
     batch = _batch_source(G, config, out_dir, fingerprint, progress)
 
     end = config.steps if max_steps_this_run is None else min(config.steps, state.step + max_steps_this_run)
