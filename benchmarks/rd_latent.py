@@ -13,21 +13,25 @@ Sets:
                ``refine_latents`` (pixel loss, S Adam steps) for S > 0, the codec fitted on the
                same kind of latents of the collection's images plus 512 mapping samples, as
                compress did.
-    t64, r64  the reference fixture generators (no encoder exists for them): W+ = mapping(z, psi 0.7)
-        of seeds 200000+, images G(w) (their original size); codec fitted on 512 W+ of seeds
-        100000+. today: the codec's round trip of the true W+ (an ideal encoder's best).
-        new: ``rd_refine`` from the true W+ for that codec.
+    t64, r64  the reference fixture generators: images G(w) of W+ = mapping(z, psi 0.7) at seeds
+        200000+ (their original size). No encoder is shipped for them, so one is trained here
+        (latent loss, 300 steps, seed 0); today and rd then run as for set a, in process (``rd_refine``
+        with a codec fitted on the encoder's latents plus 512 mapping samples, as compress fits it).
+        ideal (listed, not compared): the codec's round trip of the true W+, codec fitted on 512 W+
+        of seeds 100000+ — what a perfect encoder would give.
 
 Summary: each curve's best PSNR (upper frontier, interpolated in log bytes) and its LPIPS at 150,
 300 and 600 B/image, and the difference.
 
     python benchmarks/rd_latent.py                 # all sets (about 20 min on 2 cores)
     python benchmarks/rd_latent.py --quick         # 2 images, a few settings (about 2 min)
+    python benchmarks/rd_latent.py --sets t64,r64 --rd-bits 2,3,4,5,6   # the fixtures, rd up to 6 bits
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -66,10 +70,12 @@ class Settings:
     today_bits: tuple[int, ...]
     new_bits: tuple[int, ...]
     lambdas: tuple[float, ...]
+    fixture_encoder_steps: int
 
 
-FULL = Settings(images=8, steps=30, today_bits=(3, 4, 5, 6, 7, 8), new_bits=(2, 3, 4, 5), lambdas=(0.01,))
-QUICK = Settings(images=2, steps=5, today_bits=(3, 4), new_bits=(3,), lambdas=(0.01,))
+FULL = Settings(images=8, steps=30, today_bits=(3, 4, 5, 6, 7, 8), new_bits=(2, 3, 4, 5), lambdas=(0.01,),
+                fixture_encoder_steps=300)
+QUICK = Settings(images=2, steps=5, today_bits=(3, 4), new_bits=(3,), lambdas=(0.01,), fixture_encoder_steps=10)
 
 
 @dataclass
@@ -90,28 +96,31 @@ def _uint8(images: torch.Tensor) -> np.ndarray:
     return to_uint8(images)
 
 
-def today_curve(items: Sequence[Item], s: Settings, measure: Measurer) -> Curve:
-    """Set a, before rate–distortion refinement (module docstring)."""
+def today_curve(items: Sequence[Item], s: Settings, measure: Measurer, G: Any = None,
+                encoder: Any = None) -> Curve:
+    """Before rate–distortion refinement (module docstring); the bundled pack unless given."""
     from sg3archive.codec import LatentCodec
     from sg3archive.encoding import encode_images, refine_latents
     from sg3archive.pipeline.session import cache
     from sg3archive.training.data import SyntheticPairs
 
-    models = cache.models(None, None, "cpu")
+    if G is None:
+        models = cache.models(None, None, "cpu")
+        G, encoder = models.G, models.encoder
     x = _tensor(items)
-    mapping = SyntheticPairs(models.G).ws(MAPPING_CALIBRATION, torch.Generator().manual_seed(MAPPING_SEED))
+    mapping = SyntheticPairs(G).ws(MAPPING_CALIBRATION, torch.Generator().manual_seed(MAPPING_SEED))
     points, timing = [], {}
     for steps in (0, s.steps):
         start = time.perf_counter()
-        ws = encode_images(models.encoder, x)
+        ws = encode_images(encoder, x)
         if steps:
-            ws = refine_latents(models.G, ws, x, steps=steps)
+            ws = refine_latents(G, ws, x, steps=steps)
         timing[f"encoder + {steps} pixel-loss steps" if steps else "encoder"] = (time.perf_counter() - start) / len(x)
         for bits in s.today_bits:
             codec = LatentCodec.fit(torch.cat([ws, mapping]), bits)
             payloads = codec.compress(ws)
             with torch.no_grad():
-                restored = _uint8(models.G.synthesis(codec.decompress(payloads)))
+                restored = _uint8(G.synthesis(codec.decompress(payloads)))
             measures = tuple(measure(i, r, len(p)) for i, r, p in zip(items, restored, payloads))
             points.append(Point("today", f"{bits} bits, refine {steps}", measures))
             _say(points[-1])
@@ -133,11 +142,26 @@ def new_curve(folder: Path, items: Sequence[Item], s: Settings, measure: Measure
     return Curve("rd", points, timing)
 
 
-def fixture_curves(name: str, s: Settings, measure: Measurer) -> tuple[list[Item], Curve, Curve]:
+def fixture_encoder(G: Any, steps: int, work: Path) -> Any:
+    """A quickly trained encoder for a fixture generator (none is shipped): latent loss on a pool of
+    512 synthetic pairs (``TrainJob`` defaults otherwise, seed 0)."""
+    from sg3archive.training import TrainConfig, train_encoder
+
+    config = TrainConfig(encoder="hierarchical", width=0.25, steps=steps, batch_size=16, lr=1e-3, lpips_net=None,
+                         image_every=0, synthetic_pool=512, log_every=max(1, steps), sample_every=0,
+                         checkpoint_every=max(1, steps), seed=0)
+    return train_encoder(G, config, work, progress=False).encoder.eval()
+
+
+def fixture_curves(name: str, s: Settings, measure: Measurer, work: Path) -> tuple[list[Item], Curve, Curve, Curve]:
+    """Set t64/r64: ``(items, today, rd, ideal)``. today and rd as for set a, in process, from an
+    encoder trained here (:func:`fixture_encoder`); ideal: the codec's round trip of the true W+."""
     import sg3archive
     from sg3archive.codec import LatentCodec
+    from sg3archive.encoding import encode_images
     from sg3archive.refinement import rd_refine
     from sg3archive.sampling import seed_latents
+    from sg3archive.training.data import SyntheticPairs
 
     G: Any = sg3archive.load_network(str(FIXTURES / name / "network-snapshot.pkl"))
     with torch.no_grad():
@@ -148,27 +172,33 @@ def fixture_curves(name: str, s: Settings, measure: Measurer) -> tuple[list[Item
         originals = _uint8(G.synthesis(ws))
     items = [Item(f"{name}-seed{FIXTURE_SEEDS['test'] + i}", rgb, len(_png_bytes(rgb))) for i, rgb in enumerate(originals)]
     x = _tensor(items)
-    today, new = Curve("today", [], {}), Curve("rd", [], {})
-    for bits in sorted(set(s.today_bits) | set(s.new_bits)):
-        codec = LatentCodec.fit(calib, bits)
-        runs: list[tuple[Curve, str, torch.Tensor]] = []
-        if bits in s.today_bits:
-            runs.append((today, f"{bits} bits, true W+", ws))
-        if bits in s.new_bits:
-            for lam in s.lambdas:
-                start = time.perf_counter()
-                refined = rd_refine(G, ws, x, codec, steps=s.steps, rd_lambda=lam).ws
-                label = f"{bits} bits, refine {s.steps}, λ {lam}"
-                new.seconds_per_image[label] = (time.perf_counter() - start) / len(items)
-                runs.append((new, label, refined))
-        for curve, label, latent in runs:
-            payloads = codec.compress(latent)
-            with torch.no_grad():
-                restored = _uint8(G.synthesis(codec.decompress(payloads)))
-            curve.points.append(Point(curve.name, label, tuple(measure(i, r, len(p))
-                                                               for i, r, p in zip(items, restored, payloads))))
-            _say(curve.points[-1])
-    return items, today, new
+    encoder = fixture_encoder(G, s.fixture_encoder_steps, work / f"encoder-{name}")
+    today = today_curve(items, s, measure, G, encoder)
+    new, ideal = Curve("rd", [], {}), Curve("ideal", [], {})
+    mapping = SyntheticPairs(G).ws(MAPPING_CALIBRATION, torch.Generator().manual_seed(MAPPING_SEED))
+    ws_enc = encode_images(encoder, x)
+    for bits in s.new_bits:
+        codec = LatentCodec.fit(torch.cat([ws_enc, mapping]), bits)  # as compress fits it
+        for lam in s.lambdas:
+            start = time.perf_counter()
+            refined = rd_refine(G, encode_images(encoder, x), x, codec, steps=s.steps, rd_lambda=lam).ws
+            label = f"{bits} bits, refine {s.steps}, λ {lam}"
+            new.seconds_per_image[label] = (time.perf_counter() - start) / len(items)
+            new.points.append(_coded_point("rd", label, G, codec, refined, items, measure))
+    for bits in s.today_bits:
+        ideal.points.append(_coded_point("ideal", f"{bits} bits, true W+", G, LatentCodec.fit(calib, bits), ws, items,
+                                         measure))
+    return items, today, new, ideal
+
+
+def _coded_point(curve: str, label: str, G: Any, codec: Any, ws: torch.Tensor, items: Sequence[Item],
+                 measure: Measurer) -> Point:
+    payloads = codec.compress(ws)
+    with torch.no_grad():
+        restored = _uint8(G.synthesis(codec.decompress(payloads)))
+    point = Point(curve, label, tuple(measure(i, r, len(p)) for i, r, p in zip(items, restored, payloads)))
+    _say(point)
+    return point
 
 
 def _say(point: Point) -> None:
@@ -221,12 +251,12 @@ def points_table(curves: Sequence[Curve]) -> str:
     return md_table(["curve", "setting", "B/image", "PSNR (dB)", "MS-SSIM", "LPIPS"], rows)
 
 
-def report(name: str, today: Curve, new: Curve) -> str:
+def report(name: str, today: Curve, new: Curve, *extra: Curve) -> str:
     header = ["B/image", "today PSNR", "rd PSNR", "gain (dB)", "today LPIPS", "rd LPIPS"]
     timing = md_table(["curve", "setting", "encode s/image"],
                       [[c.name, k, f"{v:.2f}"] for c in (today, new) for k, v in c.seconds_per_image.items()])
-    return (f"### set {name}\n\n{md_table(header, summary_rows(today, new))}\n\n{points_table([today, new])}\n\n"
-            f"{timing}\n")
+    return (f"### set {name}\n\n{md_table(header, summary_rows(today, new))}\n\n"
+            f"{points_table([today, new, *extra])}\n\n{timing}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="2 images and a few settings")
     parser.add_argument("--sets", default="a,t64,r64", help="comma-separated: a, t64, r64")
     parser.add_argument("--out", type=Path, default=None, help="also write the report to this file")
+    parser.add_argument("--rd-bits", default=None, help="comma-separated codec bits of the rd curve (default 2,3,4,5)")
     args = parser.parse_args(argv)
     s = QUICK if args.quick else FULL
+    if args.rd_bits:
+        s = dataclasses.replace(s, new_bits=tuple(int(b) for b in args.rd_bits.split(",") if b.strip()))
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     measure = Measurer()
@@ -254,11 +287,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "--device", "cpu"], standalone_mode=False)
                 items = items_in(folder)
                 today, new = today_curve(items, s, measure), new_curve(folder, items, s, measure, work)
+                parts.append(report(key, today, new))
             elif key in ("t64", "r64"):
-                items, today, new = fixture_curves(key, s, measure)
+                items, today, new, ideal = fixture_curves(key, s, measure, work)
+                parts.append(report(key, today, new, ideal))
             else:
                 parser.error(f"unknown set {key!r}; use a, t64, r64")
-            parts.append(report(key, today, new))
             print(parts[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

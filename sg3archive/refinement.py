@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from sg3archive.codec.errors import CodecError
 from sg3archive.codec.names import DEFAULT_RD_LAMBDA
 from sg3archive.metrics import ms_ssim
 
@@ -93,7 +94,10 @@ def rd_refine(
     active = torch.ones(n, dtype=torch.bool)
     ran = [0] * n
     for step in range(steps + 1):
-        w_hat, bits = codec.quantized(w)
+        try:
+            w_hat, bits = codec.quantized(w)
+        except CodecError:  # a step left the codec's range: keep the best coded latents found so far
+            break
         raw = G.synthesis(w_hat)
         # What restore writes is clamped to [-1, 1]; the gradient passes where the clamp cuts, so a
         # pixel beyond the range is still pulled back towards an original inside it.

@@ -217,3 +217,10 @@ def test_an_lpips_ceiling_puts_lpips_into_the_objective(models, images, start, l
     loose = QualityContract(max_lpips=float(before.max()) + 0.01)
     assert rd_refine(models.G, ws, images, codec, steps=4, contract=loose, perceptual=lpips_alex).steps == [0, 0, 0]
     assert rd_refine(models.G, ws, images, codec, steps=2, contract=loose).steps == [2, 2, 2]
+
+
+def test_a_step_out_of_the_codec_range_keeps_the_best_latent_so_far(models, images, start) -> None:
+    ws, codec = start
+    out = rd_refine(models.G, ws, images, codec, steps=3, lr=1e12)  # the first step leaves the range
+    assert torch.equal(out.ws, ws)
+    codec.compress(out.ws)  # still codable
