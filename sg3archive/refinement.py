@@ -51,17 +51,17 @@ def _psnr(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
 
 def _meets(contract: QualityContract | None, recon: torch.Tensor, images: torch.Tensor, psnr: torch.Tensor,
            lpips: torch.Tensor | None) -> torch.Tensor:
-    """Which images' coded reconstructions meet the contract's floors at this resolution (never an
-    image the contract cannot judge: no floors, lossless, or an LPIPS ceiling without LPIPS)."""
+    """Which images' coded reconstructions (``recon``, already clamped, with their ``psnr``) meet the
+    contract's floors at this resolution (never an image the contract cannot judge: no floors,
+    lossless, or an LPIPS ceiling without LPIPS)."""
     n = len(images)
     if contract is None or contract.lossless or not contract.floors:
         return torch.zeros(n, dtype=torch.bool)
     met = torch.ones(n, dtype=torch.bool)
-    clamped = recon.detach()
     if contract.min_psnr is not None:
-        met &= _psnr(clamped, images).cpu() >= contract.min_psnr
+        met &= psnr.detach().cpu() >= contract.min_psnr
     if contract.min_ms_ssim is not None:
-        met &= ms_ssim(clamped, images).cpu() >= contract.min_ms_ssim
+        met &= ms_ssim(recon.detach(), images).cpu() >= contract.min_ms_ssim
     if contract.max_lpips is not None:
         met &= torch.zeros(n, dtype=torch.bool) if lpips is None else lpips.detach().cpu() <= contract.max_lpips
     return met
@@ -92,7 +92,7 @@ def rd_refine(
     best = ws.detach().clone()
     best_obj = torch.full((n,), float("inf"), dtype=torch.float64)
     active = torch.ones(n, dtype=torch.bool)
-    ran = [0] * n
+    ran = torch.zeros(n, dtype=torch.long)
     for step in range(steps + 1):
         try:
             w_hat, bits = codec.quantized(w)
@@ -109,7 +109,7 @@ def rd_refine(
         better = active & (value < best_obj)
         best[better.to(best.device)] = w.detach()[better.to(w.device)]
         best_obj = torch.where(better, value, best_obj)
-        met = _meets(contract, recon, images, psnr.detach(), lp) & active
+        met = _meets(contract, recon, images, psnr, lp) & active
         if met.any():  # an image that meets the contract keeps this (already coded) latent
             best[met.to(best.device)] = w.detach()[met.to(w.device)]
             active &= ~met
@@ -118,9 +118,8 @@ def rd_refine(
         opt.zero_grad(set_to_none=True)
         (obj * active.to(obj.device, obj.dtype)).sum().backward()
         opt.step()
-        for i in torch.nonzero(active).flatten().tolist():
-            ran[i] += 1
-    return Refined(best, ran)
+        ran += active
+    return Refined(best, ran.tolist())
 
 
 __all__ = ["LPIPS_DB", "Refined", "rd_refine"]

@@ -184,7 +184,7 @@ def settings_key(settings: dict[str, Any]) -> str:
                                           "refine_steps", "resolution")}
     # The contract's settings (format 4) join the key only where recorded: archives made before it
     # keep their keys, so a resumed one does not redo its images.
-    keep.update({k: settings[k] for k in (*CONTRACT_SETTINGS, *RD_SETTINGS) if k in settings})
+    keep.update({k: settings[k] for k in LATER_SETTINGS if k in settings})
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -212,6 +212,8 @@ def _settings(job: CompressJob, models: Models, codec: LatentCodec) -> dict[str,
 CONTRACT_SETTINGS = ("quality", "representations", "escalation_steps")
 # Recorded since rate–distortion refinement; in the key only where recorded (as CONTRACT_SETTINGS).
 RD_SETTINGS = ("rd_lambda",)
+# Every setting an older archive may lack: compared and keyed only where the archive records it.
+LATER_SETTINGS = (*CONTRACT_SETTINGS, *RD_SETTINGS)
 
 
 # -- prepare -------------------------------------------------------------------------------------
@@ -292,7 +294,7 @@ def prepare(job: CompressJob) -> dict[str, Any]:
         assert session.models is not None
         _check_profile(job, session.codec)
         # Refuses the archive when its other settings (fit, refine steps, contract, ...) differ.
-        older = tuple(k for k in (*CONTRACT_SETTINGS, *RD_SETTINGS) if k not in session.store.settings)
+        older = tuple(k for k in LATER_SETTINGS if k not in session.store.settings)
         session.store.check_settings(_settings(job, session.models, session.codec), ignored=older)
         return session.settings
     models = cache.models(job.network, job.encoder, job.device)
